@@ -1,0 +1,61 @@
+# sluice: every command a developer or CI runs. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+SLUICE := $(VENV)/bin/sluice
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11+ or run make PYTHON=python3.x" >&2; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install sluice with its dev tools (pinned by constraints.txt)
+
+lint: install ## ruff + mypy --strict on pipelines/
+	$(VENV)/bin/ruff check pipelines tests bench
+	$(VENV)/bin/ruff format --check pipelines tests bench
+	$(VENV)/bin/mypy
+
+fmt: install ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix pipelines tests bench
+	$(VENV)/bin/ruff format pipelines tests bench
+
+stack-up: install ## fetch/build and start the local stack (Kafka + S3) on loopback
+	$(SLUICE) dev up
+
+stack-down: ## stop every process of the local stack
+	@if [ -x $(SLUICE) ]; then $(SLUICE) dev down; fi
+
+stack-status: install ## what runs where
+	$(SLUICE) dev status
+
+unit: install ## unit tests only (no servers)
+	$(VENV)/bin/pytest tests/unit -q $(PYTEST_ARGS)
+
+test: install lint ## the whole suite against the real stack; the stack is stopped even on failure
+	@$(SLUICE) dev up; rc=$$?; \
+	if [ $$rc -eq 0 ]; then $(VENV)/bin/pytest -q -ra $(PYTEST_ARGS); rc=$$?; fi; \
+	$(SLUICE) dev down; exit $$rc
+
+demo: install ## run the main job end to end on the local stack
+	@$(SLUICE) dev up; rc=$$?; \
+	if [ $$rc -eq 0 ]; then $(PY) -m pipelines.demo; rc=$$?; fi; \
+	if [ -z "$$SLUICE_KEEP_STACK" ]; then $(SLUICE) dev down; fi; exit $$rc
+
+bench: install ## benchmarks (see docs/benchmarks.md)
+	@echo "see docs/benchmarks.md"
+
+clean: stack-down ## remove the venv and local state (caches outside the clone stay)
+	rm -rf $(VENV) .sluice .mypy_cache .ruff_cache .pytest_cache
+
+.PHONY: help install lint fmt stack-up stack-down stack-status unit test demo bench clean
