@@ -1,0 +1,1 @@
+"""Per-partition buffers, the rotation policy and the worker-wide memory budget."""

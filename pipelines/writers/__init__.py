@@ -1,0 +1,1 @@
+"""Writers: from decoded rows to durable objects in the lake (layout, encoding, storage)."""
