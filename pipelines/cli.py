@@ -49,6 +49,20 @@ def _config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warehouse(args: argparse.Namespace) -> int:
+    from pipelines import warehouse
+    from pipelines.settings import load_settings
+
+    try:
+        settings = load_settings(args.config)
+        warehouse.select_tables(settings)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 1
+    warehouse.run(settings, loglevel=args.loglevel)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sluice", description="Kafka to data lake: Parquet tables on S3, traces routed."
@@ -58,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="the local stack of real servers (Kafka, S3)")
     dev.add_argument("action", choices=["up", "down", "status"])
     dev.set_defaults(handler=_dev)
+
+    wh = sub.add_parser("warehouse", help="run a warehouse sink worker (Kafka to Parquet on S3)")
+    wh.add_argument("--config", required=True, help="deployment YAML file")
+    wh.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    wh.set_defaults(handler=_warehouse)
 
     config = sub.add_parser("config", help="deployment configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True)

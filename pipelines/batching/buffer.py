@@ -8,8 +8,7 @@ whatever the clock or the memory pressure said (see docs/design.md, "Exactly onc
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -73,9 +72,11 @@ class PartitionBuffer:
             return "age"
         return None
 
-    def cut(self) -> list[SourceRecord]:
+    def cut(self, now: float) -> list[SourceRecord]:
         """Take the records of the next cut (all of them, or up to ``forced_end``)."""
         if self.forced_end is not None:
+            if not self.records or self.records[-1].offset < self.forced_end:
+                return []  # the recorded cut is not complete yet
             n = next(
                 (i for i, r in enumerate(self.records) if r.offset > self.forced_end),
                 len(self.records),
@@ -83,11 +84,12 @@ class PartitionBuffer:
         else:
             n = len(self.records)
         taken, self.records = self.records[:n], self.records[n:]
-        taken_bytes = sum(len(r.value or b"") for r in taken)
-        self.nbytes -= taken_bytes
+        if not taken:
+            return taken
+        self.nbytes -= sum(len(r.value or b"") for r in taken)
         self.start = taken[-1].offset + 1
         self.forced_end = None
-        self.first_arrival = time.monotonic() if self.records else 0.0
+        self.first_arrival = now if self.records else 0.0
         return taken
 
 
@@ -97,14 +99,11 @@ class MemoryBudget:
     ``over()`` tells the worker to cut its largest buffers early; ``should_pause()`` (with
     hysteresis) tells it to stop fetching until uploads drain. Nothing is ever dropped."""
 
-    def __init__(
-        self, limit: int, resume_fraction: float = 0.8, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, limit: int, resume_fraction: float = 0.8) -> None:
         self.limit = limit
         self.resume_at = int(limit * resume_fraction)
         self.used = 0
         self.paused = False
-        self._clock = clock
 
     def take(self, n: int) -> None:
         self.used += n

@@ -32,7 +32,9 @@ class Manifest:
     objects: tuple[ObjectEntry, ...]
     dead_lettered: int
     reason: str
-    """Why the cut was made: rows, bytes, age, memory, replay, revoke."""
+    """Why the cut was made: rows, bytes, age, memory, replay, shutdown."""
+    cut_time: int
+    """Wall-clock epoch seconds the late/early window was judged against; replays reuse it."""
 
     def to_json(self) -> bytes:
         d = asdict(self)
@@ -52,6 +54,7 @@ class Manifest:
                 objects=tuple(ObjectEntry(o["key"], int(o["rows"])) for o in d["objects"]),
                 dead_lettered=int(d["dead_lettered"]),
                 reason=str(d["reason"]),
+                cut_time=int(d["cut_time"]),
             )
         except (ValueError, KeyError, TypeError) as err:
             raise TerminalError(f"corrupt manifest: {err}") from err
