@@ -91,14 +91,12 @@ def s3_client(settings: Settings) -> S3Client:
     )
 
 
-def open_root(settings: Settings, client: S3Client | None = None) -> tuple[ObjectStore, str]:
-    """The store holding the bucket (or directory) and the key prefix of the tables."""
+def open_root(settings: Settings, client: S3Client | None = None) -> ObjectStore:
+    """The store rooted at ``warehouse.root``: tables and their manifests live below it."""
     root = settings.warehouse.root
-    parsed = urlparse(root)
-    if parsed.scheme == "s3":
-        store = open_store(f"s3://{parsed.netloc}", client or s3_client(settings))
-        return store, parsed.path.strip("/")
-    return open_store(root), ""
+    if urlparse(root).scheme == "s3":
+        return open_store(root, client or s3_client(settings))
+    return open_store(root)
 
 
 class _FaustProducer:
@@ -137,7 +135,7 @@ class WarehouseHandler:
 
 
 def build_app(
-    settings: Settings, tables: Mapping[str, TableSpec], store: ObjectStore, prefix: str
+    settings: Settings, tables: Mapping[str, TableSpec], store: ObjectStore
 ) -> tuple[BatchApp, WarehouseHandler]:
     """A Faust app consuming every table's topics, writing through ``store``."""
     w = settings.warehouse
@@ -162,7 +160,7 @@ def build_app(
     sinks: dict[str, CutSink] = {}
     for spec in tables.values():
         writer = TableWriter(
-            spec, get_decoder(spec.encoding, spec), store, prefix, dead_letters, w.max_message_bytes
+            spec, get_decoder(spec.encoding, spec), store, "", dead_letters, w.max_message_bytes
         )
         for topic in spec.topics:
             sinks[topic] = writer
@@ -225,7 +223,6 @@ def run(settings: Settings, loglevel: str = "info") -> None:
     import faust
 
     tables = select_tables(settings)
-    store, prefix = open_root(settings)
-    app, _ = build_app(settings, tables, store, prefix)
+    app, _ = build_app(settings, tables, open_root(settings))
     log.info("warehouse worker: tables %s → %s", ", ".join(tables), settings.warehouse.root)
     faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
