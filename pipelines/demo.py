@@ -1,48 +1,193 @@
-"""``make demo``: a message round trip through the local stack's Kafka and an object in S3."""
+"""``make demo``: the warehouse sink end to end on the local stack.
+
+1. Produces a sample stream of app logs (with a few bad records) to ``logs.app``.
+2. Runs a real ``sluice warehouse`` worker with ``examples/local.yaml`` until every record
+   is committed, then stops it (SIGTERM: drain and commit).
+3. Queries the resulting table over S3 with DuckDB and shows where its objects are, and
+   what went to the dead-letter topic.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import random
+import signal
+import subprocess
 import sys
 import time
+from pathlib import Path
 
-from pipelines.devstack.components import StackConfig, local_s3_client
+from pipelines.devstack.components import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, StackConfig
+
+TOPIC = "logs.app"
+PARTITIONS = 3
+RECORDS = 30_000
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "examples" / "local.yaml"
+GROUP = "sluice-warehouse"
 
 
-async def _kafka_round_trip(bootstrap: str, topic: str) -> tuple[int, bytes]:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+def _sample(i: int, now_ms: int, rng: random.Random) -> bytes:
+    if i % 5000 == 4999:  # a few bad records, to show the dead-letter topic
+        return [b"{truncated", b'{"event_id": null, "ts": 1}', b"[]"][(i // 5000) % 3]
+    level = rng.choices(["DEBUG", "INFO", "WARN", "ERROR"], [20, 70, 8, 2])[0]
+    service = rng.choice(["api", "billing", "search", "auth"])
+    return json.dumps(
+        {
+            "event_id": f"evt-{i:08d}",
+            "ts": now_ms - rng.randrange(3 * 3600 * 1000),  # the last three hours
+            "level": level,
+            "service": service,
+            "host": f"{service}-{rng.randrange(4)}",
+            "message": f"{service} handled request {i} in {rng.randrange(900)} ms",
+            "trace_id": f"{rng.getrandbits(128):032x}" if rng.random() < 0.6 else None,
+            "user_id": rng.randrange(10**6) if rng.random() < 0.8 else None,
+            "duration_ms": round(rng.expovariate(1 / 40), 3),
+            "status": rng.choice([200, 200, 200, 201, 404, 500]),
+            "attrs": {"region": rng.choice(["eu-west-1", "us-east-1"]), "build": "1.4.2"},
+        }
+    ).encode()
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await producer.start()
+
+async def _produce(bootstrap: str) -> dict[int, int]:
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
     try:
-        payload = f'{{"hello": "sluice", "at": {time.time():.3f}}}'.encode()
-        md = await producer.send_and_wait(topic, payload)
+        await admin.create_topics([NewTopic(TOPIC, PARTITIONS, 1)])
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        await admin.close()
+    rng, now_ms = random.Random(), int(time.time() * 1000)  # noqa: S311 - sample data
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=10)
+    await producer.start()
+    ends: dict[int, int] = {}
+    try:
+        futures = [
+            await producer.send(TOPIC, _sample(i, now_ms, rng), key=str(i).encode())
+            for i in range(RECORDS)
+        ]
+        for fut in futures:
+            md = await fut
+            ends[md.partition] = max(ends.get(md.partition, 0), md.offset + 1)
     finally:
         await producer.stop()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    return ends
+
+
+async def _wait_committed(
+    bootstrap: str, ends: dict[int, int], worker: subprocess.Popen[bytes], limit: float = 120
+) -> None:
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.structs import TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=GROUP)
     await consumer.start()
     try:
-        from aiokafka.structs import TopicPartition
-
-        tp = TopicPartition(topic, md.partition)
-        consumer.assign([tp])
-        consumer.seek(tp, md.offset)
-        record = await asyncio.wait_for(consumer.getone(), 30)
-        return record.offset, record.value or b""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            done = {p: await consumer.committed(TopicPartition(TOPIC, p)) or 0 for p in ends}
+            if all(done[p] >= ends[p] for p in ends):
+                return
+            if worker.poll() is not None:
+                raise SystemExit(f"the worker exited with {worker.returncode}")
+            await asyncio.sleep(0.5)
+        raise SystemExit(f"not every record was committed within {limit:.0f}s")
     finally:
         await consumer.stop()
 
 
+async def _dead_letters(bootstrap: str) -> list[tuple[str, str]]:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        f"{TOPIC}.dlq",
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    out = []
+    try:
+        for records in (await consumer.getmany(timeout_ms=3000)).values():
+            for rec in records:
+                h = {k: v.decode() for k, v in rec.headers}
+                out.append((h["sluice.reason"], h["sluice.detail"][:60]))
+    finally:
+        await consumer.stop()
+    return out
+
+
+def _query(cfg: StackConfig) -> None:
+    import duckdb
+    import duckdb_extension_httpfs
+
+    ext = (
+        Path(duckdb_extension_httpfs.__file__).parent
+        / "extensions"
+        / f"v{duckdb.__version__}"
+        / "httpfs.duckdb_extension"
+    )
+    con = duckdb.connect()
+    con.execute(f"LOAD '{ext}'")
+    con.execute(
+        f"CREATE SECRET local (TYPE S3, KEY_ID '{LOCAL_ACCESS_KEY}', "
+        f"SECRET '{LOCAL_SECRET_KEY}', REGION 'us-east-1', "
+        f"ENDPOINT '{cfg.host}:{cfg.s3_port}', URL_STYLE 'path', USE_SSL false)"
+    )
+    con.execute(
+        "create view app_logs as select * from read_parquet("
+        "'s3://lake/warehouse/app_logs/*/*/*.parquet', hive_partitioning=true)"
+    )
+    print("\nThe app_logs table, per hour (DuckDB over S3):")
+    con.sql("""select dt, hr, count(*) as rows, count(distinct _partition) as kafka_partitions,
+                       sum((level = 'ERROR')::int) as errors,
+                       round(avg(duration_ms), 1) as avg_ms, max(ts) as latest
+                from app_logs group by dt, hr order by dt, hr""").show()
+    print("A few rows:")
+    con.sql("""select ts, level, service, message, status, _partition, _offset
+                from app_logs order by ts desc limit 5""").show(max_width=160)
+    print("Its objects:")
+    con.sql("""select count(*) as objects, min(file) as first, max(file) as last
+               from glob('s3://lake/warehouse/app_logs/*/*/*.parquet')""").show(max_width=200)
+
+
 def main() -> int:
     cfg = StackConfig.from_env()
-    offset, value = asyncio.run(_kafka_round_trip(cfg.bootstrap, "sluice.demo"))
-    print(f"kafka {cfg.bootstrap}: produced and consumed sluice.demo@{offset}: {value.decode()}")
-    s3 = local_s3_client(cfg)
-    key = f"demo/{os.getpid()}-{offset}.json"
-    s3.put_object(Bucket="lake", Key=key, Body=value)
-    head = s3.head_object(Bucket="lake", Key=key)
-    print(f"s3 {cfg.s3_endpoint}: wrote s3://lake/{key} ({head['ContentLength']} bytes)")
+    env = {**os.environ, **cfg.client_env()}
+    os.environ.update(cfg.client_env())
+    print(f"1. producing {RECORDS} app log records to {TOPIC} on {cfg.bootstrap} ...")
+    ends = asyncio.run(_produce(cfg.bootstrap))
+    print(
+        f"2. running `sluice warehouse --config {CONFIG.relative_to(REPO)}` "
+        f"until offsets {ends} are committed ..."
+    )
+    log = cfg.state_dir / "logs" / "demo-worker.log"
+    t0 = time.monotonic()
+    with open(log, "wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.cli", "warehouse", "--config", str(CONFIG)],
+            env={**env, "SLUICE_METRICS_PORT": "0", "SLUICE_MAX_AGE": "5s"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            asyncio.run(_wait_committed(cfg.bootstrap, ends, worker))
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(60)
+    print(f"   committed in {time.monotonic() - t0:.1f}s (worker log: {log})")
+    _query(cfg)
+    letters = asyncio.run(_dead_letters(cfg.bootstrap))
+    print(f"3. {len(letters)} record(s) in the dead-letter topic {TOPIC}.dlq, e.g.:")
+    for reason, detail in letters[:3]:
+        print(f"   {reason}: {detail}")
     return 0
 
 

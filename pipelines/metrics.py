@@ -40,8 +40,17 @@ OBJECTS_WRITTEN = Counter(
     "sluice_objects_written_total", "Parquet objects uploaded", ["table"], registry=REGISTRY
 )
 CUTS = Counter("sluice_cuts_total", "Cuts made, by reason", ["table", "reason"], registry=REGISTRY)
-UPLOAD_RETRIES = Counter(
-    "sluice_upload_retries_total", "Transient store errors retried", ["table"], registry=REGISTRY
+CUT_REPLAYS = Counter(
+    "sluice_cut_replays_total",
+    "Cuts found already recorded in a manifest and rewritten identically (after a crash)",
+    ["table"],
+    registry=REGISTRY,
+)
+WRITE_RETRIES = Counter(
+    "sluice_write_retries_total",
+    "Cut writes retried after a transient error (store or broker unavailable)",
+    ["topic"],
+    registry=REGISTRY,
 )
 UPLOAD_SECONDS = Histogram(
     "sluice_upload_seconds",
@@ -65,5 +74,7 @@ BUFFERED_BYTES = Gauge(
     "sluice_buffered_bytes", "Bytes held in buffers and in-flight cuts", registry=REGISTRY
 )
 PAUSED = Gauge(
-    "sluice_consumption_paused", "1 while fetching is paused by backpressure", registry=REGISTRY
+    "sluice_paused_partitions",
+    "Partitions not fetched because of backpressure (backlog or memory budget)",
+    registry=REGISTRY,
 )

@@ -48,6 +48,8 @@ class KafkaSettings:
     """Comma-separated host:port list (env: KAFKA_BOOTSTRAP_SERVERS in the example file)."""
     client_id: str = "sluice"
     """Client id sent to the brokers, visible in their logs and quotas."""
+    session_timeout_seconds: float = 30.0
+    """How long the group waits for a silent (crashed) member before moving its partitions."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,10 @@ class Settings:
         ):
             if value <= 0:
                 problems.append(Problem(path, f"must be positive, got {value}"))
+        if not 6 <= self.kafka.session_timeout_seconds <= 300:
+            problems.append(
+                Problem("kafka.session_timeout", "must be between 6s and 300s (broker limits)")
+            )
         if w.rotation.max_age_seconds <= 0:
             problems.append(Problem("warehouse.rotation.max_age", "must be positive"))
         if 0 < w.memory_budget_bytes < w.rotation.max_bytes:
@@ -261,6 +267,7 @@ _ALIASES = {
     "memory_budget": "memory_budget_bytes",
     "max_message_size": "max_message_bytes",
     "max_age": "max_age_seconds",
+    "session_timeout": "session_timeout_seconds",
 }
 _FIELD_PARSERS: dict[str, Parser] = {
     "memory_budget_bytes": parse_size,

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 from pipelines import metrics
 from pipelines.batching.buffer import MemoryBudget, RotationPolicy
-from pipelines.batching.partitions import CutSink, PartitionSet
+from pipelines.batching.partitions import Committer, CutSink, PartitionSet
 from pipelines.deadletter import DeadLetterWriter
 from pipelines.decoders import get_decoder
 from pipelines.errors import ConfigError, Problem
@@ -134,6 +134,21 @@ class WarehouseHandler:
         self.partitions.drop(list(self.partitions.parts))
 
 
+def _with_failpoint(commit: Committer) -> Committer:
+    """Fault injection for the crash tests: ``SLUICE_FAILPOINT_COMMIT_DELAY=<seconds>`` widens
+    the window between "objects durable" and "offset committed", where a crash must lead to
+    an identical rewrite on replay. Unset (always, in production), commit is returned as is."""
+    delay = float(os.environ.get("SLUICE_FAILPOINT_COMMIT_DELAY", "0") or 0)
+    if delay <= 0:
+        return commit
+
+    async def delayed(tp: Any, offset: int) -> bool:
+        await asyncio.sleep(delay)
+        return await commit(tp, offset)
+
+    return delayed
+
+
 def build_app(
     settings: Settings, tables: Mapping[str, TableSpec], store: ObjectStore
 ) -> tuple[BatchApp, WarehouseHandler]:
@@ -148,6 +163,8 @@ def build_app(
         broker_client_id=settings.kafka.client_id,
         datadir=datadir,
         stream_wait_empty=False,
+        broker_session_timeout=settings.kafka.session_timeout_seconds,
+        broker_heartbeat_interval=max(1.0, settings.kafka.session_timeout_seconds / 10),
         consumer_auto_offset_reset="earliest",
         consumer_max_fetch_size=4 << 20,
         broker_max_poll_interval=max(300.0, 2 * w.rotation.max_age_seconds + 60),
@@ -175,7 +192,7 @@ def build_app(
         sinks,
         RotationPolicy(w.rotation.max_rows, w.rotation.max_bytes, w.rotation.max_age_seconds),
         MemoryBudget(w.memory_budget_bytes),
-        commit=app.commit_offset,
+        commit=_with_failpoint(app.commit_offset),
         pause=app.pause,
         resume=app.resume,
         on_terminal=crash,
@@ -188,7 +205,7 @@ def build_app(
         partitions.tick()
         metrics.BUFFERED_BYTES.set(partitions.budget.used)
         metrics.OLDEST_UNFLUSHED_SECONDS.set(partitions.oldest_age())
-        metrics.PAUSED.set(1 if partitions.globally_paused else 0)
+        metrics.PAUSED.set(partitions.paused_count())
         for tp in app.consumer.assignment():
             if tp.topic in handler.topics:
                 high = app.consumer.highwater(tp)
@@ -198,9 +215,11 @@ def build_app(
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from prometheus_client import generate_latest
 
-        return web.bytes(generate_latest(metrics.REGISTRY), content_type=CONTENT_TYPE_LATEST)
+        # aiohttp refuses a charset inside content_type; the exposition format is ASCII.
+        body = generate_latest(metrics.REGISTRY)
+        return web.bytes(body, content_type="text/plain; version=0.0.4")
 
     async def on_revoked(sender: Any, *args: Any, signal: Any = None, **kw: Any) -> None:
         partitions.drop(args[0])  # args: (revoked partitions,)

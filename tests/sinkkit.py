@@ -95,7 +95,7 @@ async def produce(
     sent: dict[tuple[int, int], bytes | None] = {}
     try:
         pending = []
-        for n, (partition, value) in enumerate(values):
+        for partition, value in values:
             key = None if value is not None else b"tombstone"
             pending.append((value, await producer.send(topic, value, key=key, partition=partition)))
             if len(pending) >= 2000:
@@ -148,7 +148,7 @@ async def wait_committed(
 
 
 def start_worker(config: Path, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    out = open(log, "ab")  # noqa: SIM115 - the child owns it
+    out = open(log, "ab")  # the child owns it
     return subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "warehouse", "--config", str(config)],
         stdout=out,

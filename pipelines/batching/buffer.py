@@ -37,7 +37,7 @@ class PartitionBuffer:
     """Raw records of one partition since the last cut, in offset order."""
 
     start: int
-    """Offset the next cut starts at (the committed offset of this partition)."""
+    """Lowest offset accepted next (the committed offset); a cut starts at its first record."""
     records: list[SourceRecord] = field(default_factory=list)
     nbytes: int = 0
     first_arrival: float = 0.0

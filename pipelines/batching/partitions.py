@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from pipelines import metrics
 from pipelines.batching.buffer import MemoryBudget, PartitionBuffer, RotationPolicy, SourceRecord
 from pipelines.errors import TerminalError, TransientError
 
@@ -157,13 +158,19 @@ class PartitionSet:
         ]
         return max((now - a for a in arrivals), default=0.0)
 
+    def paused_count(self) -> int:
+        """How many partitions are not being fetched (their own backlog, or the budget)."""
+        if self.globally_paused:
+            return len(self.parts)
+        return sum(1 for st in self.parts.values() if st.paused)
+
     def committed(self, tp: TopicPartition) -> int | None:
         st = self.parts.get(tp)
         return st.committed if st else None
 
     # --- cutting -------------------------------------------------------------------------
     def _seal(self, tp: TopicPartition, st: _State, reason: str) -> None:
-        start, arrived, nbytes_before = st.buffer.start, st.buffer.first_arrival, st.buffer.nbytes
+        arrived, nbytes_before = st.buffer.first_arrival, st.buffer.nbytes
         records = st.buffer.cut(self.clock())
         if not records:
             return
@@ -171,7 +178,9 @@ class PartitionSet:
             Cut(
                 tp.topic,
                 tp.partition,
-                start,
+                # The first record's offset, not the buffer's start: offsets can skip
+                # (transaction markers, compaction) and a new owner only sees records.
+                records[0].offset,
                 records,
                 reason,
                 nbytes_before - st.buffer.nbytes,
@@ -224,6 +233,7 @@ class PartitionSet:
                     self._reform(tp, st, conflict.standing_end)
                     continue
                 except TransientError as err:
+                    metrics.WRITE_RETRIES.labels(tp.topic).inc()
                     log.warning(
                         "%s[%d]: cut %d-%d not written yet, retrying in %.1fs: %s",
                         tp.topic,
@@ -244,6 +254,16 @@ class PartitionSet:
                         cut.start,
                         cut.end,
                         err,
+                    )
+                    self._on_terminal(err)
+                    return
+                except Exception as err:  # a bug or an untranslated error: stop, loudly
+                    log.exception(
+                        "%s[%d]: cut %d-%d failed unexpectedly",
+                        tp.topic,
+                        tp.partition,
+                        cut.start,
+                        cut.end,
                     )
                     self._on_terminal(err)
                     return
@@ -273,6 +293,10 @@ class PartitionSet:
         st.buffer.first_arrival = head.arrived
         st.buffer.forced_end = standing_end
         st.pending.clear()
+        if st.paused:  # the recorded end may lie beyond what we hold: keep fetching
+            st.paused = False
+            if not self.globally_paused:
+                self._resume({tp})
         log.info(
             "%s[%d]: following the recorded cut %d-%d",
             tp.topic,
@@ -311,11 +335,14 @@ class PartitionSet:
 
     async def drain(self, grace_seconds: float) -> None:
         """Cut every buffer and wait (bounded) until written and committed, then drop all."""
-        for tp, st in list(self.parts.items()):
-            if st.buffer.records and st.buffer.forced_end is None:
-                self._seal(tp, st, "shutdown")
         deadline = self.clock() + grace_seconds
-        while any(st.pending for st in self.parts.values()) and self.clock() < deadline:
+        while True:
+            # Again each round: a cut re-formed to a recorded end leaves the rest buffered.
+            for tp, st in list(self.parts.items()):
+                if st.buffer.records and st.buffer.forced_end is None:
+                    self._seal(tp, st, "shutdown")
+            if not any(st.pending for st in self.parts.values()) or self.clock() >= deadline:
+                break
             await asyncio.sleep(0.05)
         self.drop(list(self.parts))
 

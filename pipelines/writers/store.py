@@ -158,7 +158,9 @@ class LocalStore:
 
     def __init__(self, url: str) -> None:
         parsed = urlparse(url)
-        if parsed.scheme != "file" or not parsed.path.startswith("/"):
+        # file://host/path names a path on another host; refuse it rather than use /path.
+        local = parsed.netloc in ("", "localhost")
+        if parsed.scheme != "file" or not local or not parsed.path.startswith("/"):
             raise TerminalError(f"{url!r} is not a file:///absolute/path URL")
         self.url = url
         self.root = Path(parsed.path)

@@ -19,6 +19,7 @@ the caller may commit ``cut.end + 1``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from pipelines.writers.parquet import encode_parquet
 from pipelines.writers.store import ObjectStore
 
 LATE, EARLY = "late", "early"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,15 @@ class TableWriter:
         )
         if standing is not None and standing.end != cut.end:
             raise CutConflictError(standing.end)
+        if standing is not None:
+            log.info(
+                "%s[%d]: rewriting the recorded cut %d-%d (a replay after a crash or rebalance)",
+                cut.topic,
+                cut.partition,
+                cut.start,
+                cut.end,
+            )
+            metrics.CUT_REPLAYS.labels(spec.name).inc()
         cut_time = standing.cut_time if standing is not None else int(self.wall_clock())
         encoded = await asyncio.to_thread(self.encode, cut, cut_time)
         mine = Manifest(

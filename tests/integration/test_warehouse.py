@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pyarrow as pa
 from aiokafka import AIOKafkaConsumer
@@ -96,7 +96,7 @@ async def test_table_equals_produced_records(
     for p, spans in cuts.items():
         spans.sort()
         assert spans[0][0] == 0 and spans[-1][1] == ends[p] - 1
-        assert all(a[1] + 1 == b[0] for a, b in zip(spans, spans[1:], strict=False))
+        assert all(a[1] + 1 == b[0] for a, b in itertools.pairwise(spans))
 
 
 async def test_bad_input_is_dead_lettered_with_reasons(

@@ -1,4 +1,4 @@
-"""Integration tests run against the real local stack (Kafka + S3).
+"""Integration and e2e tests run against the real local stack (Kafka + S3).
 
 `make test` starts the stack before pytest and stops it after; run alone, this fixture starts
 what is not running and stops only what it started.
