@@ -52,8 +52,9 @@ demo: install ## run the main job end to end on the local stack
 	if [ $$rc -eq 0 ]; then $(PY) -m pipelines.demo; rc=$$?; fi; \
 	if [ -z "$$SLUICE_KEEP_STACK" ]; then $(SLUICE) dev down; fi; exit $$rc
 
-bench: install ## benchmarks (see docs/benchmarks.md)
-	@echo "see docs/benchmarks.md"
+bench: install ## warehouse benchmark vs Quix Streams (figures: docs/benchmarks.md); stack stays up
+	@$(SLUICE) dev up >/dev/null
+	$(PY) -m bench.warehouse_e2e --records 1000000 --partitions 4 --runs 2
 
 clean: stack-down ## remove the venv and local state (caches outside the clone stay)
 	rm -rf $(VENV) .sluice .mypy_cache .ruff_cache .pytest_cache

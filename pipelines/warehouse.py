@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_SECONDS = 20.0
+# What one buffered aiokafka ConsumerRecord costs beyond its value (tracemalloc: ~260 B).
+RECORD_OVERHEAD_BYTES = 260
 
 
 def select_tables(settings: Settings) -> dict[str, TableSpec]:
@@ -174,10 +176,17 @@ def build_app(
         web_host=settings.metrics.host,
     )
     dead_letters = DeadLetterWriter(_FaustProducer(app), w.dead_letter_suffix)
+    encode_slots = asyncio.Semaphore(1)  # shared by every table of this worker
     sinks: dict[str, CutSink] = {}
     for spec in tables.values():
         writer = TableWriter(
-            spec, get_decoder(spec.encoding, spec), store, "", dead_letters, w.max_message_bytes
+            spec,
+            get_decoder(spec.encoding, spec),
+            store,
+            "",
+            dead_letters,
+            w.max_message_bytes,
+            encode_slots=encode_slots,
         )
         for topic in spec.topics:
             sinks[topic] = writer
@@ -196,6 +205,7 @@ def build_app(
         pause=app.pause,
         resume=app.resume,
         on_terminal=crash,
+        record_overhead=RECORD_OVERHEAD_BYTES,
     )
     handler = WarehouseHandler(frozenset(sinks), partitions)
     app.subscribe_batches(handler)

@@ -67,6 +67,7 @@ class TableWriter:
         max_message_bytes: int,
         wall_clock: Callable[[], float] = time.time,
         upload_parallelism: int = 4,
+        encode_slots: asyncio.Semaphore | None = None,
     ) -> None:
         self.spec = spec
         self.decoder = decoder
@@ -76,6 +77,9 @@ class TableWriter:
         self.max_message_bytes = min(max_message_bytes, spec.max_record_bytes)
         self.wall_clock = wall_clock
         self._uploads = asyncio.Semaphore(upload_parallelism)
+        # Encoding is CPU-bound (pyarrow is multi-threaded already) and expands a cut ~2-3x
+        # in memory while it runs: one at a time per worker bounds both.
+        self._encode_slots = encode_slots or asyncio.Semaphore(1)
 
     async def write(self, cut: Cut) -> None:
         spec = self.spec
@@ -94,7 +98,8 @@ class TableWriter:
             )
             metrics.CUT_REPLAYS.labels(spec.name).inc()
         cut_time = standing.cut_time if standing is not None else int(self.wall_clock())
-        encoded = await asyncio.to_thread(self.encode, cut, cut_time)
+        async with self._encode_slots:
+            encoded = await asyncio.to_thread(self.encode, cut, cut_time)
         mine = Manifest(
             table=spec.name,
             topic=cut.topic,
