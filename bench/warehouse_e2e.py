@@ -285,6 +285,8 @@ def sluice_contender(
             "tables": ["app_logs"],
             "group_id": group,
             "rotation": {"max_rows": 1_000_000, "max_bytes": "128MiB", "max_age": f"{interval}s"},
+            # The default budget unless BENCH_SLUICE_MEMORY_BUDGET says otherwise.
+            "memory_budget": os.environ.get("BENCH_SLUICE_MEMORY_BUDGET", "512MiB"),
         },
         "metrics": {"port": 0},
     }

@@ -111,8 +111,8 @@ class PartitionSet:
     ) -> None:
         self.sinks = sinks
         self.record_overhead = record_overhead
-        """Bytes a buffered record object costs beyond its value (measured: ~260 for
-        aiokafka's ConsumerRecord); counted against the memory budget."""
+        """Bytes a buffered record costs beyond its value (see warehouse.py for the measured
+        figure); counted against the memory budget."""
         self.policy = policy
         self.budget = budget
         self._commit = commit

@@ -38,6 +38,9 @@ from pipelines.writers.parquet import encode_parquet
 from pipelines.writers.store import ObjectStore
 
 LATE, EARLY = "late", "early"
+# Decoding holds ~3.5x its input while it runs (joined values, parser blocks, builders):
+# decoding a cut in chunks of this size bounds that transient whatever the cut size.
+DECODE_CHUNK_BYTES = 16 << 20
 log = logging.getLogger(__name__)
 
 
@@ -157,13 +160,16 @@ class TableWriter:
             else:
                 keep.append(i)
                 values.append(value)
-        decoded = self.decoder.decode(values)
-        if decoded.unknown_fields_dropped:
-            metrics.UNKNOWN_FIELDS_DROPPED.labels(spec.name).inc(decoded.unknown_fields_dropped)
-        for rej in decoded.rejected:
-            letters.append(self._letter(cut, keep[rej.index], rej.reason, rej.detail))
-        table = decoded.table
-        positions = [keep[i] for i in decoded.indices]
+        tables, positions = [], []
+        for lo, hi in _chunks(values, DECODE_CHUNK_BYTES):
+            decoded = self.decoder.decode(values[lo:hi])
+            if decoded.unknown_fields_dropped:
+                metrics.UNKNOWN_FIELDS_DROPPED.labels(spec.name).inc(decoded.unknown_fields_dropped)
+            for rej in decoded.rejected:
+                letters.append(self._letter(cut, keep[lo + rej.index], rej.reason, rej.detail))
+            tables.append(decoded.table)
+            positions += [keep[lo + i] for i in decoded.indices]
+        table = pa.concat_tables(tables or [self.decoder.decode([]).table])
         table, positions, late = self._late_window(table, positions, cut_time)
         letters.extend(self._letter(cut, pos, kind, detail) for pos, kind, detail in late)
         offsets = pa.array([cut.records[p].offset for p in positions], pa.int64())
@@ -237,3 +243,16 @@ class TableWriter:
             detail=detail,
             table=self.spec.name,
         )
+
+
+def _chunks(values: list[bytes], limit: int) -> list[tuple[int, int]]:
+    """[lo, hi) index ranges of ``values`` of about ``limit`` bytes each (at least one value)."""
+    spans, lo, size = [], 0, 0
+    for i, value in enumerate(values):
+        size += len(value)
+        if size >= limit:
+            spans.append((lo, i + 1))
+            lo, size = i + 1, 0
+    if lo < len(values):
+        spans.append((lo, len(values)))
+    return spans

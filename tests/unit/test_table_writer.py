@@ -23,6 +23,7 @@ from pipelines.decoders import get_decoder
 from pipelines.tables import TableSpec, load_table
 from pipelines.writers.manifest import Manifest, claim, manifest_key, read_manifest
 from pipelines.writers.store import LocalStore
+from pipelines.writers import table_writer
 from pipelines.writers.table_writer import TableWriter
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
@@ -391,3 +392,30 @@ async def test_replays_judge_the_window_against_the_recorded_cut_time(
     manifest = read_manifest(store, "app_logs", TOPIC, PARTITION, 0)
     assert manifest is not None
     assert manifest.cut_time == NOW
+
+
+async def test_a_cut_decoded_in_chunks_equals_one_decoded_whole(
+    spec: TableSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = [as_rec(100 + i, event(i, NOW_MS + i)) for i in range(40)]
+    records[7] = as_rec(107, b"{broken")  # a reject inside a later chunk keeps its offset
+    records[23] = as_rec(123, None)
+    whole_store = LocalStore(f"file://{tmp_path / 'whole'}")
+    writer, whole_letters = make_writer(spec, whole_store)
+    await writer.write(make_cut(records))
+
+    monkeypatch.setattr(table_writer, "DECODE_CHUNK_BYTES", 200)  # a few records per chunk
+    chunked_store = LocalStore(f"file://{tmp_path / 'chunked'}")
+    writer, chunked_letters = make_writer(spec, chunked_store)
+    await writer.write(make_cut(records))
+
+    assert rows_of(chunked_store) == rows_of(whole_store)
+    assert [r["_offset"] for r in rows_of(chunked_store)] == [
+        r.offset for r in records if r.offset not in (107, 123)
+    ]
+    offsets = [int(headers_of(s)["sluice.source.offset"]) for s in chunked_letters.sent]
+    assert (
+        offsets
+        == [107, 123]
+        == [int(headers_of(s)["sluice.source.offset"]) for s in whole_letters.sent]
+    )
