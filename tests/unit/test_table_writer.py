@@ -21,9 +21,9 @@ from pipelines.batching.partitions import Cut, CutConflictError
 from pipelines.deadletter import DeadLetterWriter
 from pipelines.decoders import get_decoder
 from pipelines.tables import TableSpec, load_table
+from pipelines.writers import table_writer
 from pipelines.writers.manifest import Manifest, claim, manifest_key, read_manifest
 from pipelines.writers.store import LocalStore
-from pipelines.writers import table_writer
 from pipelines.writers.table_writer import TableWriter
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
