@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import time
 import urllib.request
 
@@ -15,6 +14,7 @@ from tests.sinkkit import (
     committed,
     create_topic,
     encode,
+    free_port,
     produce,
     read_table,
     start_worker,
@@ -26,12 +26,6 @@ from tests.sinkkit import (
 BUCKET = "lake"
 BUDGET = 16 << 20
 PARTITIONS = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _gauge(port: int, name: str) -> float | None:
@@ -53,7 +47,7 @@ async def test_s3_outage_pauses_and_recovers_without_loss(
 ) -> None:
     topic, group = f"{unique}.logs", f"{unique}-g"
     await create_topic(bootstrap, topic, PARTITIONS)
-    port = _free_port()
+    port = free_port()
     config = write_deployment(
         tmp_path,
         topic,

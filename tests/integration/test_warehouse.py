@@ -14,8 +14,10 @@ from tests.sinkkit import (
     app_log,
     create_topic,
     encode,
+    free_port,
     produce,
     read_table,
+    scrape,
     start_worker,
     stop_worker,
     wait_committed,
@@ -42,10 +44,21 @@ async def test_table_equals_produced_records(
         f"{unique}-g",
         rotation={"max_rows": 1500, "max_age": "2s"},
     )
+    port = free_port()
+    config.write_text(config.read_text().replace("port: 0", f"port: {port}"))
     worker = start_worker(config, tmp_path / "worker.log", subprocess_env)
     try:
         ends = {p: 1 + max(o for q, o in sent if q == p) for p in range(parts)}
         await wait_committed(bootstrap, f"{unique}-g", topic, ends, 90, [worker])
+        # The worker's Prometheus endpoint counts what it did.
+        await asyncio.sleep(1.5)  # one metrics tick after the last commit
+        scraped = scrape(port)
+        assert scraped['sluice_records_in_total{table="app_logs"}'] == n
+        assert scraped['sluice_records_written_total{table="app_logs"}'] == n
+        assert scraped['sluice_objects_written_total{table="app_logs"}'] >= 4
+        assert scraped["sluice_buffered_bytes"] == 0
+        for p in range(parts):
+            assert scraped[f'sluice_consumer_lag{{partition="{p}",topic="{topic}"}}'] == 0
     finally:
         assert stop_worker(worker) == 0, (tmp_path / "worker.log").read_text()[-3000:]
 
