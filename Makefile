@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 SLUICE := $(VENV)/bin/sluice
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Every server the suite runs against (the demo needs only kafka and s3).
+TEST_STACK := kafka,s3,zipkin,jaeger
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -30,20 +32,20 @@ fmt: install ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix pipelines tests bench
 	$(VENV)/bin/ruff format pipelines tests bench
 
-stack-up: install ## fetch/build and start the local stack (Kafka + S3) on loopback
-	$(SLUICE) dev up
+stack-up: install ## fetch/build and start the local stack (Kafka, S3, Zipkin, Jaeger) on loopback
+	SLUICE_STACK=$(TEST_STACK) $(SLUICE) dev up
 
 stack-down: ## stop every process of the local stack
 	@if [ -x $(SLUICE) ]; then $(SLUICE) dev down; fi
 
 stack-status: install ## what runs where
-	$(SLUICE) dev status
+	SLUICE_STACK=$(TEST_STACK) $(SLUICE) dev status
 
 unit: install ## unit tests only (no servers)
 	$(VENV)/bin/pytest tests/unit -q $(PYTEST_ARGS)
 
 test: install lint ## the whole suite against the real stack; the stack is stopped even on failure
-	@$(SLUICE) dev up; rc=$$?; \
+	@export SLUICE_STACK=$(TEST_STACK); $(SLUICE) dev up; rc=$$?; \
 	if [ $$rc -eq 0 ]; then $(VENV)/bin/pytest -q -ra $(PYTEST_ARGS); rc=$$?; fi; \
 	$(SLUICE) dev down; exit $$rc
 

@@ -17,6 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from pipelines.devstack.procs import Procs, StackError, ensure_port_free, port_open, run_checked
 
@@ -45,6 +46,15 @@ class StackConfig:
     """SLUICE_S3_PORT."""
     s3_server: str = "versitygw"
     """SLUICE_S3_SERVER: versitygw (real S3 front end over a directory) or moto."""
+    components: tuple[str, ...] = ("kafka", "s3")
+    """SLUICE_STACK: which servers `up` starts; add zipkin and/or jaeger for the tracing
+    stores (kafka and s3 always run)."""
+    zipkin_port: int = 39411
+    """SLUICE_ZIPKIN_PORT."""
+    jaeger_otlp_http_port: int = 39318
+    """SLUICE_JAEGER_OTLP_HTTP_PORT (OTLP/gRPC listens one below it)."""
+    jaeger_query_port: int = 39686
+    """SLUICE_JAEGER_QUERY_PORT (query gRPC listens one below it)."""
     host: str = "127.0.0.1"
 
     @classmethod
@@ -74,6 +84,10 @@ class StackConfig:
             kafka_controller_port=port("SLUICE_KAFKA_CONTROLLER_PORT", 39093),
             s3_port=port("SLUICE_S3_PORT", 39000),
             s3_server=server,
+            components=_components(e.get("SLUICE_STACK", "kafka,s3")),
+            zipkin_port=port("SLUICE_ZIPKIN_PORT", 39411),
+            jaeger_otlp_http_port=port("SLUICE_JAEGER_OTLP_HTTP_PORT", 39318),
+            jaeger_query_port=port("SLUICE_JAEGER_QUERY_PORT", 39686),
         )
 
     @property
@@ -86,7 +100,7 @@ class StackConfig:
 
     def client_env(self) -> dict[str, str]:
         """The environment a client of this stack needs."""
-        return {
+        env = {
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "AWS_ENDPOINT_URL_S3": self.s3_endpoint,
             "AWS_ACCESS_KEY_ID": LOCAL_ACCESS_KEY,
@@ -94,6 +108,39 @@ class StackConfig:
             "AWS_REGION": "us-east-1",
             "SLUICE_BUCKET": BUCKET,
         }
+        if "zipkin" in self.components:
+            env["ZIPKIN_URL"] = f"http://{self.host}:{self.zipkin_port}"
+        if "jaeger" in self.components:
+            env["JAEGER_OTLP_HTTP_ENDPOINT"] = f"http://{self.host}:{self.jaeger_otlp_http_port}"
+            env["JAEGER_QUERY_URL"] = f"http://{self.host}:{self.jaeger_query_port}"
+        return env
+
+
+ALL_COMPONENTS = ("kafka", "s3", "zipkin", "jaeger")
+
+
+class Component(Protocol):
+    """A server of the stack. ``fetch`` downloads/builds into the cache (idempotent, no-op
+    when cached); ``start`` launches it detached through ``Procs``; ``ready`` polls it."""
+
+    name: str
+
+    def fetch(self) -> object: ...
+
+    def start(self) -> None: ...
+
+    def ready(self) -> bool: ...
+
+
+def _components(text: str) -> tuple[str, ...]:
+    names = {n.strip() for n in text.split(",") if n.strip()}
+    unknown = names - set(ALL_COMPONENTS)
+    if unknown:
+        raise StackError(
+            f"SLUICE_STACK names {', '.join(sorted(unknown))}; "
+            f"choose from {', '.join(ALL_COMPONENTS)}"
+        )
+    return tuple(n for n in ALL_COMPONENTS if n in names | {"kafka", "s3"})
 
 
 def require_tool(name: str, hint: str) -> str:
@@ -367,7 +414,7 @@ def local_s3_client(cfg: StackConfig):  # type: ignore[no-untyped-def]
     )
 
 
-def wait_ready(component: Kafka | S3Server, procs: Procs, timeout: float) -> float:
+def wait_ready(component: Component, procs: Procs, timeout: float) -> float:
     """Poll until ready; raise with the component's log tail if it died or timed out."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:

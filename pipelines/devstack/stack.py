@@ -11,8 +11,9 @@ import shlex
 import time
 from dataclasses import dataclass
 
-from pipelines.devstack.components import Kafka, S3Server, StackConfig, wait_ready
+from pipelines.devstack.components import Component, Kafka, S3Server, StackConfig, wait_ready
 from pipelines.devstack.procs import Procs, port_open
+from pipelines.devstack.tracing import Jaeger, Zipkin
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,18 @@ class Stack:
         self.procs = Procs(cfg.state_dir)
         self.kafka = Kafka(cfg, self.procs)
         self.s3 = S3Server(cfg, self.procs)
+        self.zipkin = Zipkin(cfg, self.procs)
+        self.jaeger = Jaeger(cfg, self.procs)
+
+    def components(self) -> list[tuple[Component, float]]:
+        """The enabled components, in start order, with their start-up timeouts."""
+        every: list[tuple[Component, float]] = [
+            (self.kafka, 90.0),
+            (self.s3, 30.0),
+            (self.zipkin, 90.0),
+            (self.jaeger, 60.0),
+        ]
+        return [(c, t) for c, t in every if c.name in self.cfg.components]
 
     @property
     def env_file(self) -> str:
@@ -47,10 +60,10 @@ class Stack:
         """Start what is not running, wait until all answer, write and return the env."""
         t0 = time.monotonic()
         self.cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        # Fetch both first so a download failure stops us before anything starts.
-        self.kafka.fetch()
-        self.s3.fetch()
-        for comp, timeout in ((self.kafka, 90.0), (self.s3, 30.0)):
+        # Fetch everything first so a download failure stops us before anything starts.
+        for comp, _ in self.components():
+            comp.fetch()
+        for comp, timeout in self.components():
             if self.procs.pid(comp.name) is None:
                 comp.start()
                 took = wait_ready(comp, self.procs, timeout)
@@ -73,8 +86,9 @@ class Stack:
         return env
 
     def down(self, log: bool = True) -> None:
-        """Stop every component by pid; S3 first so Kafka's shutdown is not raced."""
-        for comp in (self.s3, self.kafka):
+        """Stop every component by pid, enabled or not (a stack started with another
+        SLUICE_STACK leaves nothing behind); Kafka last so its shutdown is not raced."""
+        for comp in (self.jaeger, self.zipkin, self.s3, self.kafka):
             stopped = self.procs.stop(comp.name)
             if log:
                 print(f"{comp.name}: {'stopped' if stopped else 'was not running'}")
@@ -92,5 +106,13 @@ class Stack:
                 self.procs.pid("s3"),
                 f"{c.s3_endpoint} ({kind})",
                 port_open(c.host, c.s3_port),
+            ),
+            *(
+                ComponentStatus(name, self.procs.pid(name), addr, port_open(c.host, port))
+                for name, addr, port in (
+                    ("zipkin", f"http://{c.host}:{c.zipkin_port}", c.zipkin_port),
+                    ("jaeger", f"http://{c.host}:{c.jaeger_query_port}", c.jaeger_query_port),
+                )
+                if name in c.components or self.procs.pid(name)
             ),
         ]

@@ -85,3 +85,19 @@ def test_config_from_env_overrides_and_rejects_bad_values(tmp_path: Path) -> Non
         StackConfig.from_env({"SLUICE_S3_SERVER": "minio"})
     with pytest.raises(StackError, match="SLUICE_S3_PORT"):
         StackConfig.from_env({"SLUICE_S3_PORT": "99999"})
+
+
+def test_tracing_stores_are_opt_in_and_named_in_the_client_env(tmp_path: Path) -> None:
+    base = {"SLUICE_STATE_DIR": str(tmp_path)}
+    plain = StackConfig.from_env(base)
+    assert plain.components == ("kafka", "s3")
+    assert "ZIPKIN_URL" not in plain.client_env()
+    full = StackConfig.from_env(
+        {**base, "SLUICE_STACK": "jaeger,zipkin", "SLUICE_ZIPKIN_PORT": "40411"}
+    )
+    assert full.components == ("kafka", "s3", "zipkin", "jaeger")  # kafka and s3 always run
+    env = full.client_env()
+    assert env["ZIPKIN_URL"] == "http://127.0.0.1:40411"
+    assert env["JAEGER_QUERY_URL"] == "http://127.0.0.1:39686"
+    with pytest.raises(StackError, match="tempo"):
+        StackConfig.from_env({**base, "SLUICE_STACK": "kafka,tempo"})
