@@ -109,6 +109,29 @@ class BatchApp(faust.App):
         consumer = cast(faust_aiokafka.Consumer, self.consumer)
         return bool(await consumer._commit_offsets({ensure_TP(tp): offset}))
 
+    def add_metrics_page(self) -> None:
+        """Serve the Prometheus registry at ``/metrics`` on Faust's web server."""
+        from prometheus_client import generate_latest
+
+        from pipelines.metrics import REGISTRY
+
+        @self.page("/metrics")
+        async def metrics_page(web: Any, request: Any) -> Any:
+            # aiohttp refuses a charset inside content_type; the exposition format is ASCII.
+            return web.bytes(generate_latest(REGISTRY), content_type="text/plain; version=0.0.4")
+
+    async def produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> object:
+        """Produce one record with the app's producer and wait for the broker's ack."""
+        producer = await self.maybe_start_producer()
+        fut = await producer.send(topic, key, value, None, None, headers)
+        return await fut
+
     def pause(self, tps: Iterable[Any]) -> None:
         self.consumer.pause_partitions({ensure_TP(tp) for tp in tps})
 

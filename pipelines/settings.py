@@ -116,8 +116,12 @@ class Settings:
     s3: S3Settings = field(default_factory=S3Settings)
     warehouse: WarehouseSettings = field(default_factory=WarehouseSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    traces: Any = None
+    """The trace router's section, validated by ``pipelines.traces_config``."""
     base_dir: str = "."
     """Directory of the config file; relative paths in it are resolved against this."""
+    warehouse_configured: bool = True
+    """Whether the file has a warehouse section (a traces-only file needs no schemas)."""
 
     def validate(self) -> list[Problem]:
         """Every semantic problem of these settings (empty when valid)."""
@@ -142,7 +146,7 @@ class Settings:
             )
         if ".." in w.root.split("/"):
             problems.append(Problem("warehouse.root", "must not contain '..'"))
-        if not Path(self.resolve(w.schemas_dir)).is_dir():
+        if self.warehouse_configured and not Path(self.resolve(w.schemas_dir)).is_dir():
             problems.append(
                 Problem(
                     "warehouse.schemas_dir",
@@ -281,6 +285,7 @@ _TYPE_PARSERS: dict[str, Parser] = {
     "bool": _parse_bool,
     "str": str,
     "tuple[str, ...]": _parse_str_tuple,
+    "Any": lambda v: v,
 }
 
 
@@ -294,7 +299,7 @@ def _section(cls: type[T], raw: object, path: str, problems: list[Problem]) -> T
     by_field = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
     yaml_keys = {
         **{k: v for k, v in _ALIASES.items() if v in by_field},
-        **{name: name for name in by_field if name != "base_dir"},
+        **{name: name for name in by_field if name not in ("base_dir", "warehouse_configured")},
     }
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
@@ -360,7 +365,9 @@ def parse_settings(
         s3=settings.s3,
         warehouse=settings.warehouse,
         metrics=settings.metrics,
+        traces=settings.traces,
         base_dir=base_dir,
+        warehouse_configured=not isinstance(tree, dict) or "warehouse" in tree,
     )
     # A key that failed to parse was replaced by its default: don't also judge the default.
     reported = {p.path for p in problems}

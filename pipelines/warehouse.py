@@ -224,13 +224,7 @@ def build_app(
                 if high is not None and done is not None:
                     metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(high - done)
 
-    @app.page("/metrics")
-    async def metrics_page(web: Any, request: Any) -> Any:
-        from prometheus_client import generate_latest
-
-        # aiohttp refuses a charset inside content_type; the exposition format is ASCII.
-        body = generate_latest(metrics.REGISTRY)
-        return web.bytes(body, content_type="text/plain; version=0.0.4")
+    app.add_metrics_page()
 
     async def on_revoked(sender: Any, *args: Any, signal: Any = None, **kw: Any) -> None:
         partitions.drop(args[0])  # args: (revoked partitions,)

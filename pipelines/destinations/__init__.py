@@ -1,0 +1,1 @@
+"""Trace destinations: senders by type (``SENDERS``) and the per-destination delivery queue."""

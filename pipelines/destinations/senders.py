@@ -1,0 +1,134 @@
+"""Senders: one batch of spans to one store. Vendor errors leave as our own types.
+
+Every sender's ``send`` either returns (the store accepted every span), or raises
+``TransientError`` (worth retrying: connection refused, timeout, HTTP 429/5xx) or
+``TerminalError`` (the store refuses this payload: other HTTP 4xx).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+import aiohttp
+
+from pipelines.errors import TerminalError, TransientError
+from pipelines.spans import SpanView, to_otlp_proto, to_zipkin_json
+from pipelines.traces_config import DestinationSpec
+
+
+class Sender(Protocol):
+    async def send(self, spans: Sequence[SpanView]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+async def _post(
+    session: aiohttp.ClientSession, url: str, body: bytes, content_type: str, seconds: float
+) -> None:
+    try:
+        async with session.post(
+            url,
+            data=body,
+            headers={"Content-Type": content_type},
+            timeout=aiohttp.ClientTimeout(total=seconds),
+        ) as resp:
+            if 200 <= resp.status < 300:
+                await resp.read()
+                return
+            text = (await resp.text())[:200]
+            if resp.status == 429 or resp.status >= 500:
+                raise TransientError(f"POST {url}: HTTP {resp.status} {text}")
+            raise TerminalError(f"POST {url}: HTTP {resp.status} {text}")
+    except (TimeoutError, aiohttp.ClientError, OSError) as err:
+        raise TransientError(f"POST {url}: {type(err).__name__}: {err}") from err
+
+
+class OtlpHttpSender:
+    """OTLP/HTTP protobuf to ``<endpoint>/v1/traces``; with several endpoints, each span goes
+    to the one its trace id hashes to (a whole trace lands on one backend)."""
+
+    def __init__(self, spec: DestinationSpec) -> None:
+        self.urls = [f"{e}/v1/traces" for e in spec.endpoints]
+        self.timeout = spec.timeout_seconds
+        self._session: aiohttp.ClientSession | None = None
+
+    def shard(self, trace_id: bytes) -> int:
+        if len(self.urls) == 1:
+            return 0
+        digest = hashlib.blake2b(trace_id, digest_size=8).digest()
+        return int.from_bytes(digest, "big") % len(self.urls)
+
+    async def send(self, spans: Sequence[SpanView]) -> None:
+        session = self._session = self._session or aiohttp.ClientSession()
+        groups: dict[int, list[SpanView]] = {}
+        for span in spans:
+            groups.setdefault(self.shard(span.trace_id), []).append(span)
+        await asyncio.gather(
+            *(
+                _post(
+                    session,
+                    self.urls[i],
+                    to_otlp_proto(group),
+                    "application/x-protobuf",
+                    self.timeout,
+                )
+                for i, group in groups.items()
+            )
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class ZipkinSender:
+    """Zipkin v2 JSON to ``<endpoint>/api/v2/spans``."""
+
+    def __init__(self, spec: DestinationSpec) -> None:
+        self.url = f"{spec.endpoint}/api/v2/spans"
+        self.timeout = spec.timeout_seconds
+        self._session: aiohttp.ClientSession | None = None
+
+    async def send(self, spans: Sequence[SpanView]) -> None:
+        session = self._session = self._session or aiohttp.ClientSession()
+        body = await asyncio.to_thread(to_zipkin_json, spans)
+        await _post(session, self.url, body, "application/json", self.timeout)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+Produce = Callable[[str, bytes], Awaitable[object]]
+
+
+class KafkaSender:
+    """Re-publishes a batch as one OTLP protobuf message to a topic."""
+
+    def __init__(self, spec: DestinationSpec, produce: Produce) -> None:
+        self.topic = spec.topic
+        self.produce = produce
+
+    async def send(self, spans: Sequence[SpanView]) -> None:
+        from aiokafka.errors import KafkaError
+
+        try:
+            await self.produce(self.topic, to_otlp_proto(spans))
+        except KafkaError as err:
+            if getattr(err, "retriable", False) or "Timeout" in type(err).__name__:
+                raise TransientError(f"produce to {self.topic}: {err!r}") from err
+            raise TerminalError(f"produce to {self.topic}: {err!r}") from err
+
+    async def close(self) -> None:
+        return None
+
+
+def make_sender(spec: DestinationSpec, produce: Produce) -> Sender:
+    if spec.type == "otlp_http":
+        return OtlpHttpSender(spec)
+    if spec.type == "zipkin":
+        return ZipkinSender(spec)
+    return KafkaSender(spec, produce)

@@ -1,0 +1,306 @@
+"""PIPELINE wiring for ``sluice traces``: span topics → decode → route → destinations → commit.
+
+Per Kafka message: decode it (bad input → dead-letter topic), route each span, hand each
+destination its share (``DestinationQueue.put`` never blocks), and record in the
+``OffsetTracker`` how many deliveries are outstanding. A timer commits, per partition, up to
+the oldest message not yet delivered-or-diverted everywhere. Each destination's retry topic
+is consumed by the same workers and redelivered to that destination only; its partitions are
+paused while the destination's breaker is open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+from pipelines import trace_metrics as tm
+from pipelines.deadletter import DeadLetter
+from pipelines.destinations.queue import DestinationQueue, Entry
+from pipelines.destinations.senders import make_sender
+from pipelines.faust_batch import BatchApp
+from pipelines.routing.rules import AttrValue
+from pipelines.routing.tracker import OffsetTracker
+from pipelines.settings import Settings
+from pipelines.spans import SpanLimits, SpanView, get_decoder, to_otlp_proto
+from pipelines.traces_config import TracesConfig, load_traces
+
+log = logging.getLogger(__name__)
+MAX_OPEN_MESSAGES = 20_000
+"""Messages in flight per worker before fetching pauses (bounds memory when stores lag)."""
+DIVERT_CHUNK_SPANS = 500
+
+
+class _LazyAttributes:
+    """A span's attributes as the router reads them: one key at a time, nothing else built."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, span: SpanView) -> None:
+        self._span = span
+
+    def get(self, key: str, default: object = None) -> object:
+        value = self._span.attribute(key)
+        return default if value is None else value
+
+
+class RouteView:
+    """Adapts a decoded span to what the routing table reads."""
+
+    __slots__ = (
+        "attributes",
+        "end_ns",
+        "kind",
+        "name",
+        "resource",
+        "span_id",
+        "start_ns",
+        "status_code",
+        "trace_id",
+    )
+
+    def __init__(self, span: SpanView) -> None:
+        self.trace_id = span.trace_id
+        self.span_id = span.span_id
+        self.name = span.name
+        self.kind = span.kind
+        self.status_code = span.status_code
+        self.start_ns = span.start_ns
+        self.end_ns = span.end_ns
+        self.resource = cast(Mapping[str, AttrValue], span.resource.attributes)
+        self.attributes = cast(Mapping[str, AttrValue], _LazyAttributes(span))
+
+
+class TraceRouter:
+    """The ``BatchHandler`` of the router (see the module docstring)."""
+
+    def __init__(self, app: BatchApp, cfg: TracesConfig) -> None:
+        self.app = app
+        self.cfg = cfg
+        self.span_topics = {t.name: t for t in cfg.topics}
+        self.retry_topics = {cfg.retry_topic(d): d for d in cfg.destinations}
+        self.topics = frozenset(self.span_topics) | frozenset(self.retry_topics)
+        limits = SpanLimits(max_message_bytes=cfg.max_message_bytes)
+        self.decoders = {t.name: get_decoder(t.encoding, limits) for t in cfg.topics}
+        self.retry_decoder = get_decoder("otlp_proto", limits)
+        self.tracker = OffsetTracker()
+        self.queues = {
+            name: DestinationQueue(
+                spec,
+                make_sender(spec, self._produce),
+                self._divert,
+                self._delivered,
+                self._breaker_changed,
+            )
+            for name, spec in cfg.destinations.items()
+        }
+        self.committed: dict[Any, int] = {}
+        self.paused = False
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    # --- BatchHandler ----------------------------------------------------------------
+    def on_batch(self, tp: Any, records: list[Any]) -> None:
+        retry_dest = self.retry_topics.get(tp.topic)
+        now_ns = time.time_ns()
+        for rec in records:
+            if retry_dest is not None:
+                self._redeliver(tp, rec, retry_dest, now_ns)
+            else:
+                self._route(tp, rec, now_ns)
+        if self.tracker.open_count() > MAX_OPEN_MESSAGES and not self.paused:
+            self.paused = True
+            log.warning(
+                "%d messages in flight: pausing fetches until stores catch up",
+                self.tracker.open_count(),
+            )
+            self.app.pause(self._assigned(self.span_topics))
+
+    def reset(self, reason: str) -> None:
+        log.info("resetting every partition: %s", reason)
+        for tp in list(self.tracker.parts):
+            self.tracker.drop(tp)
+        self.committed.clear()
+
+    # --- per message -----------------------------------------------------------------
+    def _route(self, tp: Any, rec: Any, now_ns: int) -> None:
+        decoded = self.decoders[tp.topic].decode(rec.value or b"", now_ns)
+        letter = None
+        if decoded.message_error or decoded.rejected:
+            reason = decoded.message_error or decoded.rejected[0].reason
+            detail = decoded.detail or "; ".join(
+                f"span {r.index}: {r.reason} {r.detail}" for r in decoded.rejected[:5]
+            )
+            letter = DeadLetter(
+                tp.topic, tp.partition, rec.offset, rec.key, rec.value, reason, detail, "traces"
+            )
+        shares: dict[str, list[SpanView]] = {}
+        routing = self.cfg.routing
+        for span in decoded.batch.spans:
+            decision = routing.route(RouteView(span))
+            for dest in decision.destinations:
+                shares.setdefault(dest, []).append(span)
+            for dest in decision.sampled_out:
+                tm.SAMPLED_OUT.labels(dest).inc()
+            if decision.dropped and decision.dropped != "sampling":
+                tm.DROPPED.labels(decision.dropped).inc()
+        tm.SPANS_IN.labels(tp.topic).inc(len(decoded.batch.spans))
+        gen = self.tracker.open(tp, rec.offset, len(shares) + (letter is not None))
+        for dest, spans in shares.items():
+            self.queues[dest].put(Entry(tp, rec.offset, gen, spans))
+        if letter is not None:
+            self._spawn(self._dead_letter(tp, letter, gen))
+
+    def _redeliver(self, tp: Any, rec: Any, dest: str, now_ns: int) -> None:
+        decoded = self.retry_decoder.decode(rec.value or b"", now_ns)
+        spans = decoded.batch.spans
+        gen = self.tracker.open(tp, rec.offset, 1 if spans else 0)
+        if spans:
+            self.queues[dest].put(Entry(tp, rec.offset, gen, spans))
+
+    async def _dead_letter(self, tp: Any, letter: DeadLetter, gen: int) -> None:
+        topic = f"{letter.topic}{self.cfg.dead_letter_suffix}"
+        await self.app.produce(topic, letter.value or b"", letter.key, letter.headers())
+        tm.DEAD_LETTERED.labels(letter.topic, letter.reason).inc()
+        self.tracker.done(tp, letter.offset, gen)
+
+    # --- callbacks from the destinations --------------------------------------------
+    def _delivered(self, entry: Entry) -> None:
+        self.tracker.done(entry.tp, entry.offset, entry.generation)
+
+    async def _produce(self, topic: str, value: bytes) -> object:
+        return await self.app.produce(topic, value)
+
+    async def _divert(self, dest: str, spans: Sequence[SpanView]) -> None:
+        topic = self.cfg.retry_topic(dest)
+        for i in range(0, len(spans), DIVERT_CHUNK_SPANS):
+            await self.app.produce(topic, to_otlp_proto(spans[i : i + DIVERT_CHUNK_SPANS]))
+
+    def _breaker_changed(self, dest: str, state: str) -> None:
+        tps = self._assigned({self.cfg.retry_topic(dest)})
+        if state == "closed":
+            self.app.resume(tps)
+        else:  # don't pull spans back out of the retry topic while the store is down
+            self.app.pause(tps)
+
+    # --- timers ----------------------------------------------------------------------
+    async def commit(self) -> None:
+        tps: list[Any] = list(self.tracker.parts)
+        for tp in tps:
+            offset = self.tracker.committable(tp)
+            if offset is not None and offset > self.committed.get(tp, -1):
+                if await self.app.commit_offset(tp, offset):
+                    self.committed[tp] = offset
+                high = self.app.consumer.highwater(tp)
+                if high is not None:
+                    tm.LAG.labels(tp.topic, str(tp.partition)).set(high - offset)
+        if self.paused and self.tracker.open_count() < MAX_OPEN_MESSAGES // 2:
+            self.paused = False
+            self.app.resume(self._assigned(self.span_topics))
+
+    def _assigned(self, topics: Mapping[str, Any] | set[str]) -> set[Any]:
+        return {tp for tp in self.app.consumer.assignment() if tp.topic in topics}
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def start(self) -> None:
+        for queue in self.queues.values():
+            self._spawn(queue.run())
+
+    async def drain(self, grace: float) -> None:
+        """Shutdown: give queued spans up to ``grace`` seconds, then commit what is done."""
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and self.tracker.open_count():
+            await asyncio.sleep(0.1)
+        await self.commit()
+
+
+async def ensure_topics(bootstrap: str, names: Sequence[str], partitions: int = 4) -> None:
+    """Create the retry topics if they are missing (a consumer cannot subscribe to nothing)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(n, partitions, 1) for n in names if n not in existing]
+        if missing:
+            await admin.create_topics(missing)
+    finally:
+        await admin.close()
+
+
+def build_app(settings: Settings, cfg: TracesConfig) -> tuple[BatchApp, TraceRouter]:
+    datadir = os.environ.get("SLUICE_DATADIR") or str(
+        Path(tempfile.gettempdir()) / f"sluice-{cfg.group_id}-{os.getpid()}"
+    )
+    app = BatchApp(
+        cfg.group_id,
+        broker=[f"kafka://{s.strip()}" for s in settings.kafka.bootstrap_servers.split(",")],
+        broker_client_id=settings.kafka.client_id,
+        datadir=datadir,
+        stream_wait_empty=False,
+        consumer_auto_offset_reset="earliest",
+        consumer_max_fetch_size=4 << 20,
+        broker_session_timeout=settings.kafka.session_timeout_seconds,
+        broker_heartbeat_interval=max(1.0, settings.kafka.session_timeout_seconds / 10),
+        producer_max_request_size=max(cfg.max_message_bytes, 1 << 20) + (1 << 20),
+        web_enabled=settings.metrics.port != 0,
+        web_port=settings.metrics.port or 6066,
+        web_bind=settings.metrics.host,
+        web_host=settings.metrics.host,
+    )
+    router = TraceRouter(app, cfg)
+    app.subscribe_batches(router)
+    app.add_metrics_page()
+
+    @app.timer(interval=0.5)  # type: ignore[untyped-decorator]
+    async def commit() -> None:
+        await router.commit()
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def start_destinations() -> None:
+        router.start()
+
+    async def on_revoked(sender: Any, *args: Any, signal: Any = None, **kw: Any) -> None:
+        await router.commit()  # commit what is done before the partitions move
+        for tp in args[0]:
+            router.tracker.drop(tp)
+            router.committed.pop(tp, None)
+
+    async def on_shutdown(sender: Any, *args: Any, signal: Any = None, **kw: Any) -> None:
+        await router.drain(10.0)
+
+    app.on_partitions_revoked.connect(cast(Any, on_revoked))
+    app.on_before_shutdown.connect(cast(Any, on_shutdown))
+    return app, router
+
+
+def load(settings: Settings) -> TracesConfig:
+    return load_traces(settings.traces)
+
+
+def run(settings: Settings, loglevel: str = "info") -> None:
+    import faust
+
+    cfg = load(settings)
+    asyncio.run(
+        ensure_topics(
+            settings.kafka.bootstrap_servers.split(",")[0],
+            [cfg.retry_topic(d) for d in cfg.destinations],
+        )
+    )
+    app, _ = build_app(settings, cfg)
+    log.info(
+        "trace router: topics %s → %s",
+        ", ".join(t.name for t in cfg.topics),
+        ", ".join(cfg.destinations),
+    )
+    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
