@@ -182,13 +182,15 @@ class TraceRouter:
 
     def _breaker_changed(self, dest: str, state: str) -> None:
         tps = self._assigned({self.cfg.retry_topic(dest)})
-        if state == "closed":
-            self.app.resume(tps)
-        else:  # don't pull spans back out of the retry topic while the store is down
+        if state == "open":  # don't pull spans back out of the retry topic while it is down
             self.app.pause(tps)
+        else:  # half-open: the next retry-topic batch is the trial; closed: drain it
+            self.app.resume(tps)
 
     # --- timers ----------------------------------------------------------------------
     async def commit(self) -> None:
+        for queue in self.queues.values():
+            queue.observe_breaker()  # open → half-open happens with time, not with traffic
         tps: list[Any] = list(self.tracker.parts)
         for tp in tps:
             offset = self.tracker.committable(tp)

@@ -149,10 +149,12 @@ async def wait_committed(
     raise AssertionError(f"committed {got}, want {ends}")
 
 
-def start_worker(config: Path, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def start_worker(
+    config: Path, log: Path, env: dict[str, str], command: str = "warehouse"
+) -> subprocess.Popen[bytes]:
     out = open(log, "ab")  # the child owns it
     return subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "warehouse", "--config", str(config)],
+        [sys.executable, "-m", "pipelines.cli", command, "--config", str(config)],
         stdout=out,
         stderr=subprocess.STDOUT,
         env=env,

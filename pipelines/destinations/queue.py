@@ -197,6 +197,10 @@ class DestinationQueue:
         for e in entries:
             self._done(e)
 
+    def observe_breaker(self) -> None:
+        """Timer hook: report a breaker that turned half-open while no batch was tried."""
+        self._state_changed()
+
     def _state_changed(self) -> None:
         state = self.breaker.state
         if state != self._last_state:
