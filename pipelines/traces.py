@@ -31,7 +31,7 @@ from pipelines.spans import SpanLimits, SpanView, get_decoder, to_otlp_proto
 from pipelines.traces_config import TracesConfig, load_traces
 
 log = logging.getLogger(__name__)
-MAX_OPEN_MESSAGES = 20_000
+MAX_OPEN_MESSAGES = 5_000
 """Messages in flight per worker before fetching pauses (bounds memory when stores lag)."""
 DIVERT_CHUNK_SPANS = 500
 
@@ -112,10 +112,10 @@ class TraceRouter:
                 self._redeliver(tp, rec, retry_dest, now_ns)
             else:
                 self._route(tp, rec, now_ns)
-        if self.tracker.open_count() > MAX_OPEN_MESSAGES and not self.paused:
+        if not self.paused and self._saturated():
             self.paused = True
-            log.warning(
-                "%d messages in flight: pausing fetches until stores catch up",
+            log.info(
+                "every destination is busy (%d messages in flight): pausing fetches",
                 self.tracker.open_count(),
             )
             self.app.pause(self._assigned(self.span_topics))
@@ -200,9 +200,18 @@ class TraceRouter:
                 high = self.app.consumer.highwater(tp)
                 if high is not None:
                     tm.LAG.labels(tp.topic, str(tp.partition)).set(high - offset)
-        if self.paused and self.tracker.open_count() < MAX_OPEN_MESSAGES // 2:
+        if self.paused and not self._saturated(resume=True):
             self.paused = False
             self.app.resume(self._assigned(self.span_topics))
+
+    def _saturated(self, resume: bool = False) -> bool:
+        """Fetching outpaces delivery: *every* destination holds half its queue bound (a
+        quarter, to resume), or too many messages are open. One lagging destination alone
+        never pauses fetching: its overflow is diverted to its retry topic instead."""
+        share = 0.25 if resume else 0.5
+        busy = all(q.queued_spans >= share * q.spec.max_queue_spans for q in self.queues.values())
+        limit = MAX_OPEN_MESSAGES // 2 if resume else MAX_OPEN_MESSAGES
+        return busy or self.tracker.open_count() > limit
 
     def _assigned(self, topics: Mapping[str, Any] | set[str]) -> set[Any]:
         return {tp for tp in self.app.consumer.assignment() if tp.topic in topics}

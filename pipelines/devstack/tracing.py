@@ -71,15 +71,15 @@ class Zipkin:
         env = {
             **os.environ,
             "STORAGE_TYPE": "mem",
-            "MEM_MAX_SPANS": "500000",
+            "MEM_MAX_SPANS": "200000",
             "QUERY_PORT": str(c.zipkin_port),
         }
         self.procs.start(
             self.name,
             [
                 java,
-                "-Xms128m",
-                "-Xmx384m",
+                "-Xms256m",
+                "-Xmx1g",
                 "-jar",
                 str(self.jar()),
                 # Armeria binds every interface unless told otherwise.
