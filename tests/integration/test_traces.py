@@ -230,3 +230,55 @@ async def test_bad_span_input_is_dead_lettered_with_reasons(
 def _all_in_jaeger(env: dict[str, str], trace_ids: list[str]) -> None:
     for tid in trace_ids:
         assert jaeger_span_names(env, tid), tid
+
+
+async def test_zipkin_json_input_republished_to_a_kafka_topic(
+    stack_env, bootstrap, unique, tmp_path, subprocess_env
+) -> None:
+    topic, group, out = f"{unique}.zipkin", f"{unique}-g", f"{unique}.team"
+    await create_topic(bootstrap, topic, 1)
+    await create_topic(bootstrap, out, 1)
+    trace = f"{random.getrandbits(128):032x}"
+    zipkin_spans = [
+        {
+            "traceId": trace,
+            "id": f"{i + 1:016x}",
+            "name": f"op-{i}",
+            "timestamp": 1_795_000_000_000_000 + i,
+            "duration": 10,
+            "kind": "CLIENT",
+            "localEndpoint": {"serviceName": "legacy"},
+        }
+        for i in range(3)
+    ]
+    await produce(bootstrap, topic, [(0, json.dumps(zipkin_spans).encode())])
+    config = {
+        "kafka": {"bootstrap_servers": bootstrap, "session_timeout": "6s"},
+        "traces": {
+            "group_id": group,
+            "topics": [{"name": topic, "encoding": "zipkin_json"}],
+            "destinations": {"team": {"type": "kafka", "topic": out}},
+            "default": ["team"],
+        },
+        "metrics": {"port": 0},
+    }
+    path = tmp_path / "traces.yaml"
+    path.write_text(yaml.safe_dump(config))
+    worker = start_worker(path, tmp_path / "worker.log", subprocess_env, "traces")
+    try:
+        await wait_committed(bootstrap, group, topic, {0: 1}, 60, [worker])
+    finally:
+        stop_worker(worker)
+    consumer = AIOKafkaConsumer(out, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        async with asyncio.timeout(20):
+            rec = await consumer.getone()
+    finally:
+        await consumer.stop()
+    req = ExportTraceServiceRequest.FromString(rec.value)
+    spans = [s for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans]
+    assert sorted(s.name for s in spans) == ["op-0", "op-1", "op-2"]
+    assert {s.trace_id.hex() for s in spans} == {trace}
+    service = req.resource_spans[0].resource.attributes[0]
+    assert (service.key, service.value.string_value) == ("service.name", "legacy")
