@@ -53,6 +53,10 @@ def parse_duration(text: object) -> timedelta:
     return timedelta(**{_DURATION_UNITS[m.group(2)]: int(m.group(1))})
 
 
+# The record encodings a table's topics may carry (pipelines/decoders has one decoder each).
+ENCODINGS = ("json", "otlp_proto", "otlp_json", "zipkin_json")
+
+
 @dataclass(frozen=True)
 class Column:
     """One declared column. ``required`` columns reject records where they are null."""
@@ -183,7 +187,7 @@ def table_from_dict(doc: object, source: str = "<memory>") -> TableSpec:
     if not isinstance(topics, list) or not topics or not all(isinstance(t, str) for t in topics):
         problems.append(Problem("topics", "give a non-empty list of Kafka topic names"))
         topics = []
-    encoding = _choice(doc, "encoding", ("json",), None, problems)
+    encoding = _choice(doc, "encoding", ENCODINGS, None, problems)
     et = _mapping(doc, "event_time", "{field: <column>, format: <format>}", problems)
     et_format = "epoch_ms"
     if et:

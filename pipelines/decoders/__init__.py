@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from pipelines.decoders.base import DecodedBatch, Decoder, Rejected
 from pipelines.decoders.json import JsonDecoder
+from pipelines.decoders.spans import SpansDecoder
 from pipelines.errors import ConfigError, Problem
 from pipelines.tables import TableSpec
 
@@ -13,6 +14,10 @@ __all__ = ["DECODERS", "DecodedBatch", "Decoder", "Rejected", "get_decoder"]
 
 DECODERS: dict[str, Callable[[TableSpec], Decoder]] = {
     "json": JsonDecoder,
+    # Span messages into a spans table (one row per span): see decoders/spans.py.
+    "otlp_proto": lambda spec: SpansDecoder(spec, "otlp_proto"),
+    "otlp_json": lambda spec: SpansDecoder(spec, "otlp_json"),
+    "zipkin_json": lambda spec: SpansDecoder(spec, "zipkin_json"),
 }
 
 

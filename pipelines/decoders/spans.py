@@ -1,0 +1,45 @@
+"""Span messages → rows of a spans table (``schemas/spans.yaml``), for the warehouse sink.
+
+One Kafka message (an OTLP ExportTraceServiceRequest, OTLP JSON or a Zipkin JSON list)
+becomes one row per valid span: ``DecodedBatch.indices`` repeats the message's position for
+each of its spans, so every row carries the ``_partition``/``_offset`` of its message and
+``(_partition, _offset, span_id)`` identifies a row. A message that cannot be parsed is
+rejected whole; a message with some invalid spans is rejected too (so it reaches the
+dead-letter topic) *and* its valid spans become rows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from pipelines.decoders.base import DecodedBatch, Rejected
+from pipelines.spans import SpanLimits, SpanView, get_decoder
+from pipelines.spans.table import to_arrow
+from pipelines.tables import TableSpec
+
+
+class SpansDecoder:
+    """The ``Decoder`` of a spans table whose topics carry ``encoding`` messages."""
+
+    def __init__(self, spec: TableSpec, encoding: str) -> None:
+        self.spec = spec
+        self.schema = spec.arrow_schema
+        self.decoder = get_decoder(encoding, SpanLimits(max_message_bytes=spec.max_record_bytes))
+
+    def decode(self, values: Sequence[bytes]) -> DecodedBatch:
+        now_ns = time.time_ns()
+        spans: list[SpanView] = []
+        indices: list[int] = []
+        rejected: list[Rejected] = []
+        for i, value in enumerate(values):
+            decoded = self.decoder.decode(value, now_ns)
+            if decoded.message_error:
+                rejected.append(Rejected(i, decoded.message_error, decoded.detail))
+                continue
+            if decoded.rejected:
+                first = decoded.rejected[0]
+                rejected.append(Rejected(i, first.reason, f"span {first.index}: {first.detail}"))
+            spans.extend(decoded.batch.spans)
+            indices.extend([i] * len(decoded.batch.spans))
+        return DecodedBatch(to_arrow(spans, self.schema), indices, rejected)
