@@ -50,30 +50,49 @@ class _LazyAttributes:
 
 
 class RouteView:
-    """Adapts a decoded span to what the routing table reads."""
+    """Adapts a decoded span to what the routing table reads; every field is read from the
+    span only if a rule asks for it."""
 
-    __slots__ = (
-        "attributes",
-        "end_ns",
-        "kind",
-        "name",
-        "resource",
-        "span_id",
-        "start_ns",
-        "status_code",
-        "trace_id",
-    )
+    __slots__ = ("_span",)
 
     def __init__(self, span: SpanView) -> None:
-        self.trace_id = span.trace_id
-        self.span_id = span.span_id
-        self.name = span.name
-        self.kind = span.kind
-        self.status_code = span.status_code
-        self.start_ns = span.start_ns
-        self.end_ns = span.end_ns
-        self.resource = cast(Mapping[str, AttrValue], span.resource.attributes)
-        self.attributes = cast(Mapping[str, AttrValue], _LazyAttributes(span))
+        self._span = span
+
+    @property
+    def trace_id(self) -> bytes:
+        return self._span.trace_id
+
+    @property
+    def span_id(self) -> bytes:
+        return self._span.span_id
+
+    @property
+    def name(self) -> str:
+        return self._span.name
+
+    @property
+    def kind(self) -> int:
+        return self._span.kind
+
+    @property
+    def status_code(self) -> int:
+        return self._span.status_code
+
+    @property
+    def start_ns(self) -> int:
+        return self._span.start_ns
+
+    @property
+    def end_ns(self) -> int:
+        return self._span.end_ns
+
+    @property
+    def resource(self) -> Mapping[str, AttrValue]:
+        return cast(Mapping[str, AttrValue], self._span.resource.attributes)
+
+    @property
+    def attributes(self) -> Mapping[str, AttrValue]:
+        return cast(Mapping[str, AttrValue], _LazyAttributes(self._span))
 
 
 class TraceRouter:

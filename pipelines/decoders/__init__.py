@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 from pipelines.decoders.base import DecodedBatch, Decoder, Rejected
 from pipelines.decoders.json import JsonDecoder
-from pipelines.decoders.spans import SpansDecoder
 from pipelines.errors import ConfigError, Problem
 from pipelines.tables import TableSpec
 
@@ -15,10 +14,17 @@ __all__ = ["DECODERS", "DecodedBatch", "Decoder", "Rejected", "get_decoder"]
 DECODERS: dict[str, Callable[[TableSpec], Decoder]] = {
     "json": JsonDecoder,
     # Span messages into a spans table (one row per span): see decoders/spans.py.
-    "otlp_proto": lambda spec: SpansDecoder(spec, "otlp_proto"),
-    "otlp_json": lambda spec: SpansDecoder(spec, "otlp_json"),
-    "zipkin_json": lambda spec: SpansDecoder(spec, "zipkin_json"),
+    "otlp_proto": lambda spec: _spans(spec, "otlp_proto"),
+    "otlp_json": lambda spec: _spans(spec, "otlp_json"),
+    "zipkin_json": lambda spec: _spans(spec, "zipkin_json"),
 }
+
+
+def _spans(spec: TableSpec, encoding: str) -> Decoder:
+    # Imported here: pipelines.spans itself imports the reason codes of this package.
+    from pipelines.decoders.spans import SpansDecoder
+
+    return SpansDecoder(spec, encoding)
 
 
 def get_decoder(name: str, spec: TableSpec) -> Decoder:
