@@ -71,7 +71,7 @@ class Zipkin:
         env = {
             **os.environ,
             "STORAGE_TYPE": "mem",
-            "MEM_MAX_SPANS": "200000",
+            "MEM_MAX_SPANS": "50000",
             "QUERY_PORT": str(c.zipkin_port),
         }
         self.procs.start(
