@@ -436,3 +436,21 @@ def test_mutated_messages_never_raise() -> None:
             for view in out.batch:
                 assert isinstance(view, SpanView) and len(view.trace_id) == 16
                 assert 0 <= view.kind <= 5 and 0 <= view.status_code <= 2
+
+
+def test_fast_zipkin_writer_equals_the_reference_mapping() -> None:
+    import json as _json
+
+    from pipelines.spans.zipkin import to_zipkin_dict
+
+    req = build_request(spans_per_scope=4)
+    # A key in both resource and span, and a peer.service: those spans take the dict path.
+    first = req.resource_spans[0].scope_spans[0].spans
+    first[0].attributes.append(kv(req.resource_spans[0].resource.attributes[0].key, "dup"))
+    first[1].attributes.append(kv("peer.service", "db"))
+    first[2].attributes.append(kv("quote", 'a "b"\n\u00e9'))
+    spans = decode("otlp_proto", req.SerializeToString()).batch.spans
+    fast = _json.loads(to_zipkin_json(spans))
+    reference = [_json.loads(_json.dumps(to_zipkin_dict(s))) for s in spans]
+    assert fast == reference
+    assert any("remoteEndpoint" in s for s in fast)
