@@ -22,8 +22,8 @@ an object is rejected alone (``unparseable``); ids and times are validated as fo
 from __future__ import annotations
 
 import json
-from json.encoder import encode_basestring as _q  # the C escaper json.dumps uses
 from collections.abc import Iterable, Mapping
+from json.encoder import encode_basestring as _q  # the C escaper json.dumps uses
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
