@@ -25,6 +25,15 @@ class Sender(Protocol):
     async def close(self) -> None: ...
 
 
+def shard(trace_id: bytes, endpoints: Sequence[str]) -> int:
+    """Index of the endpoint with the highest hash of (endpoint, trace id)."""
+    weights = [
+        hashlib.blake2b(trace_id, digest_size=8, key=url.encode()[:64]).digest()
+        for url in endpoints
+    ]
+    return max(range(len(endpoints)), key=weights.__getitem__)
+
+
 async def _post(
     session: aiohttp.ClientSession, url: str, body: bytes, content_type: str, seconds: float
 ) -> None:
@@ -47,8 +56,10 @@ async def _post(
 
 
 class OtlpHttpSender:
-    """OTLP/HTTP protobuf to ``<endpoint>/v1/traces``; with several endpoints, each span goes
-    to the one its trace id hashes to (a whole trace lands on one backend)."""
+    """OTLP/HTTP protobuf to ``<endpoint>/v1/traces``. With several endpoints, spans are
+    sharded by trace id with rendezvous (highest-random-weight) hashing: a whole trace lands
+    on one backend, every worker picks the same one, and adding or removing an endpoint moves
+    only the traces that belonged to it (1/n of them)."""
 
     def __init__(self, spec: DestinationSpec) -> None:
         self.urls = [f"{e}/v1/traces" for e in spec.endpoints]
@@ -58,8 +69,7 @@ class OtlpHttpSender:
     def shard(self, trace_id: bytes) -> int:
         if len(self.urls) == 1:
             return 0
-        digest = hashlib.blake2b(trace_id, digest_size=8).digest()
-        return int.from_bytes(digest, "big") % len(self.urls)
+        return shard(trace_id, self.urls)
 
     async def send(self, spans: Sequence[SpanView]) -> None:
         session = self._session = self._session or aiohttp.ClientSession()
