@@ -8,6 +8,7 @@ import signal
 
 from pipelines.devstack.components import StackConfig, wait_ready
 from pipelines.devstack.stack import Stack
+from tests.integration.test_spans_table import _deployment as spans_deployment
 from tests.integration.test_traces import (
     eventually,
     jaeger_span_names,
@@ -18,6 +19,7 @@ from tests.sinkkit import (
     create_topic,
     free_port,
     produce,
+    read_table,
     scrape,
     start_worker,
     stop_worker,
@@ -93,17 +95,29 @@ async def test_a_dead_store_neither_blocks_the_other_nor_loses_spans(
 
 
 async def test_sigkilled_workers_lose_no_span(
-    stack_env, bootstrap, unique, tmp_path, subprocess_env
+    stack_env, bootstrap, s3, unique, tmp_path, subprocess_env
 ) -> None:
+    """The router (both stores) and the spans-table sink (its own group) are SIGKILLed
+    repeatedly while spans flow: no span is lost anywhere, the table holds each once."""
     topic, group = f"{unique}.spans", f"{unique}-g"
     await create_topic(bootstrap, topic, 2)
     config = write_config(tmp_path, topic, group, stack_env, **EVERYWHERE)
+    table_dir = tmp_path / "table"
+    table_dir.mkdir()
+    table_config = spans_deployment(
+        table_dir, topic, f"{unique}-t", stack_env, f"s3://lake/{unique}"
+    )
     values, ids = _messages(1000, seed=3)
     rng = random.Random(11)
-    log = tmp_path / "worker.log"
-    worker = start_worker(config, log, subprocess_env, "traces")
+    logs = [tmp_path / "router.log", tmp_path / "table.log"]
 
-    # Produce while killing, so kills land mid-fetch, mid-batch and mid-delivery.
+    def start(which: int):  # type: ignore[no-untyped-def]
+        if which == 0:
+            return start_worker(config, logs[0], subprocess_env, "traces")
+        return start_worker(table_config, logs[1], subprocess_env)
+
+    workers = [start(0), start(1)]
+
     async def trickle() -> dict[tuple[int, int], bytes | None]:
         sent: dict[tuple[int, int], bytes | None] = {}
         for lo in range(0, len(values), 50):  # ~14 s of traffic
@@ -115,17 +129,31 @@ async def test_sigkilled_workers_lose_no_span(
     producing = asyncio.ensure_future(trickle())
     kills = 0
     try:
-        for _ in range(4):
-            await asyncio.sleep(rng.uniform(2.5, 4.0))
-            stop_worker(worker, signal.SIGKILL)
+        for n in range(6):
+            await asyncio.sleep(rng.uniform(1.5, 3.0))
+            which = n % 2
+            stop_worker(workers[which], signal.SIGKILL)
             kills += 1
-            worker = start_worker(config, log, subprocess_env, "traces")
+            workers[which] = start(which)
         sent = await asyncio.wait_for(producing, 60)
         ends = {p: 1 + max(o for q, o in sent if q == p) for p in range(2)}
-        await wait_committed(bootstrap, group, topic, ends, 120, [worker])
+        await wait_committed(bootstrap, group, topic, ends, 120, workers)
+        await wait_committed(bootstrap, f"{unique}-t", topic, ends, 120, workers)
     finally:
         producing.cancel()
-        stop_worker(worker)
-    assert kills == 4
+        for w in workers:
+            stop_worker(w)
+    assert kills == 6
     await eventually(lambda: _all_present(jaeger_span_names, stack_env, ids, 5), timeout=30)
     await eventually(lambda: _all_present(zipkin_span_names, stack_env, ids, 5), timeout=30)
+    table, _ = read_table(s3, "lake", f"{unique}/spans/")
+    rows = list(
+        zip(
+            table.column("_partition").to_pylist(),
+            table.column("_offset").to_pylist(),
+            table.column("span_id").to_pylist(),
+            strict=True,
+        )
+    )
+    assert len(rows) == len(set(rows)) == 1000 * 5  # every span, exactly once
+    assert {t.hex() for t in table.column("trace_id").to_pylist()} == set(ids)

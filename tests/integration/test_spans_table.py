@@ -31,7 +31,7 @@ def _deployment(tmp: Path, topic: str, group: str, env: dict[str, str], root: st
     contract["topics"] = [topic]
     (schemas / "spans.yaml").write_text(yaml.safe_dump(contract))
     config = {
-        "kafka": {"bootstrap_servers": env["KAFKA_BOOTSTRAP_SERVERS"]},
+        "kafka": {"bootstrap_servers": env["KAFKA_BOOTSTRAP_SERVERS"], "session_timeout": "6s"},
         "s3": {"endpoint_url": env["AWS_ENDPOINT_URL_S3"]},
         "warehouse": {
             "root": root,
