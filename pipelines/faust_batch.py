@@ -19,7 +19,8 @@ These are private Faust APIs: faust-streaming is pinned below 0.16 and
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import os
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol, cast
 
 import faust
@@ -138,3 +139,21 @@ class BatchApp(faust.App):
     def resume(self, tps: Iterable[Any]) -> None:
         # Faust's resume_partitions adds its raw argument to a set of TP: convert first.
         self.consumer.resume_partitions({ensure_TP(tp) for tp in tps})
+
+
+Committer = Callable[[Any, int], Awaitable[bool]]
+
+
+def with_failpoint(commit: Committer) -> Committer:
+    """Fault injection for the crash tests: ``SLUICE_FAILPOINT_COMMIT_DELAY=<seconds>`` widens
+    the window between "objects durable" and "offset committed", where a crash must lead to
+    an identical rewrite on replay. Unset (always, in production), commit is returned as is."""
+    delay = float(os.environ.get("SLUICE_FAILPOINT_COMMIT_DELAY", "0") or 0)
+    if delay <= 0:
+        return commit
+
+    async def delayed(tp: Any, offset: int) -> bool:
+        await asyncio.sleep(delay)
+        return await commit(tp, offset)
+
+    return delayed

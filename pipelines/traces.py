@@ -15,7 +15,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,7 +23,9 @@ from pipelines import trace_metrics as tm
 from pipelines.deadletter import DeadLetter
 from pipelines.destinations.queue import DestinationQueue, Entry
 from pipelines.destinations.senders import make_sender
-from pipelines.faust_batch import BatchApp
+from pipelines.destinations.table import TableDestination
+from pipelines.errors import ConfigError, Problem
+from pipelines.faust_batch import BatchApp, with_failpoint
 from pipelines.routing.rules import AttrValue
 from pipelines.routing.tracker import OffsetTracker
 from pipelines.settings import Settings
@@ -98,16 +100,24 @@ class RouteView:
 class TraceRouter:
     """The ``BatchHandler`` of the router (see the module docstring)."""
 
-    def __init__(self, app: BatchApp, cfg: TracesConfig) -> None:
+    def __init__(
+        self,
+        app: BatchApp,
+        cfg: TracesConfig,
+        tables: Mapping[str, Callable[[TraceRouter], TableDestination]] | None = None,
+    ) -> None:
         self.app = app
         self.cfg = cfg
         self.span_topics = {t.name: t for t in cfg.topics}
-        self.retry_topics = {cfg.retry_topic(d): d for d in cfg.destinations}
+        self.tracker = OffsetTracker()
+        self.tables = {name: make(self) for name, make in (tables or {}).items()}
+        self.retry_topics = {
+            cfg.retry_topic(d): d for d in cfg.destinations if d not in self.tables
+        }
         self.topics = frozenset(self.span_topics) | frozenset(self.retry_topics)
         limits = SpanLimits(max_message_bytes=cfg.max_message_bytes)
         self.decoders = {t.name: get_decoder(t.encoding, limits) for t in cfg.topics}
         self.retry_decoder = get_decoder("otlp_proto", limits)
-        self.tracker = OffsetTracker()
         self.queues = {
             name: DestinationQueue(
                 spec,
@@ -117,8 +127,10 @@ class TraceRouter:
                 self._breaker_changed,
             )
             for name, spec in cfg.destinations.items()
+            if name not in self.tables
         }
         self.committed: dict[Any, int] = {}
+        self._commit_offset = with_failpoint(app.commit_offset)
         self.paused = False
         self._tasks: set[asyncio.Future[None]] = set()
 
@@ -126,11 +138,15 @@ class TraceRouter:
     def on_batch(self, tp: Any, records: list[Any]) -> None:
         retry_dest = self.retry_topics.get(tp.topic)
         now_ns = time.time_ns()
+        selected: dict[str, list[tuple[int, int]]] = {name: [] for name in self.tables}
         for rec in records:
             if retry_dest is not None:
                 self._redeliver(tp, rec, retry_dest, now_ns)
             else:
-                self._route(tp, rec, now_ns)
+                self._route(tp, rec, now_ns, selected)
+        if retry_dest is None:
+            for name, table in self.tables.items():
+                table.add(tp, records, selected[name])
         if not self.paused and self._saturated():
             self.paused = True
             log.info(
@@ -146,7 +162,9 @@ class TraceRouter:
         self.committed.clear()
 
     # --- per message -----------------------------------------------------------------
-    def _route(self, tp: Any, rec: Any, now_ns: int) -> None:
+    def _route(
+        self, tp: Any, rec: Any, now_ns: int, selected: dict[str, list[tuple[int, int]]]
+    ) -> None:
         decoded = self.decoders[tp.topic].decode(rec.value or b"", now_ns)
         letter = None
         if decoded.message_error or decoded.rejected:
@@ -170,7 +188,10 @@ class TraceRouter:
         tm.SPANS_IN.labels(tp.topic).inc(len(decoded.batch.spans))
         gen = self.tracker.open(tp, rec.offset, len(shares) + (letter is not None))
         for dest, spans in shares.items():
-            self.queues[dest].put(Entry(tp, rec.offset, gen, spans))
+            if dest in self.tables:
+                selected[dest].append((rec.offset, gen))
+            else:
+                self.queues[dest].put(Entry(tp, rec.offset, gen, spans))
         if letter is not None:
             self._spawn(self._dead_letter(tp, letter, gen))
 
@@ -207,14 +228,20 @@ class TraceRouter:
             self.app.resume(tps)
 
     # --- timers ----------------------------------------------------------------------
+    def routes_to(self, destination: str, span: SpanView) -> bool:
+        """Whether the routing table sends ``span`` to ``destination`` (deterministic)."""
+        return destination in self.cfg.routing.route(RouteView(span)).destinations
+
     async def commit(self) -> None:
         for queue in self.queues.values():
             queue.observe_breaker()  # open → half-open happens with time, not with traffic
+        for table in self.tables.values():
+            table.tick()
         tps: list[Any] = list(self.tracker.parts)
         for tp in tps:
             offset = self.tracker.committable(tp)
             if offset is not None and offset > self.committed.get(tp, -1):
-                if await self.app.commit_offset(tp, offset):
+                if await self._commit_offset(tp, offset):
                     self.committed[tp] = offset
                 high = self.app.consumer.highwater(tp)
                 if high is not None:
@@ -246,6 +273,8 @@ class TraceRouter:
 
     async def drain(self, grace: float) -> None:
         """Shutdown: give queued spans up to ``grace`` seconds, then commit what is done."""
+        for table in self.tables.values():
+            await table.partitions.drain(grace)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and self.tracker.open_count():
             await asyncio.sleep(0.1)
@@ -265,6 +294,63 @@ async def ensure_topics(bootstrap: str, names: Sequence[str], partitions: int = 
             await admin.create_topics(missing)
     finally:
         await admin.close()
+
+
+def _table_factories(
+    settings: Settings, cfg: TracesConfig, app: BatchApp
+) -> dict[str, Callable[[TraceRouter], TableDestination]]:
+    """A factory per ``table`` destination; every problem is reported at once."""
+    wanted = {n: d for n, d in cfg.destinations.items() if d.type == "table"}
+    if not wanted:
+        return {}
+    from pipelines import warehouse
+    from pipelines.batching.buffer import MemoryBudget, RotationPolicy
+    from pipelines.deadletter import DeadLetterWriter
+    from pipelines.tables import load_tables
+
+    contracts = load_tables(settings.resolve(settings.warehouse.schemas_dir))
+    problems = [
+        Problem(
+            f"traces.destinations.{n}.table",
+            f"no table {d.table!r} in {settings.warehouse.schemas_dir}; known: "
+            f"{', '.join(sorted(contracts)) or '(none)'}",
+        )
+        for n, d in wanted.items()
+        if d.table not in contracts
+    ]
+    if problems:
+        raise ConfigError(problems, "traces configuration")
+    w = settings.warehouse
+    store = warehouse.open_root(settings)
+    budget = MemoryBudget(w.memory_budget_bytes)
+    policy = RotationPolicy(w.rotation.max_rows, w.rotation.max_bytes, w.rotation.max_age_seconds)
+    letters = DeadLetterWriter(warehouse.FaustProducer(app), cfg.dead_letter_suffix)
+    encodings = {t.name: t.encoding for t in cfg.topics}
+
+    def crash(err: BaseException) -> None:
+        asyncio.ensure_future(app.crash(err))  # noqa: RUF006 - the app owns it from here
+
+    def factory(name: str) -> Callable[[TraceRouter], TableDestination]:
+        def make(router: TraceRouter) -> TableDestination:
+            return TableDestination(
+                name,
+                contracts[wanted[name].table],
+                encodings,
+                router.routes_to,
+                store,
+                letters,
+                policy,
+                budget,
+                router.tracker.done,
+                app.pause,
+                app.resume,
+                crash,
+                cfg.max_message_bytes,
+            )
+
+        return make
+
+    return {name: factory(name) for name in wanted}
 
 
 def build_app(settings: Settings, cfg: TracesConfig) -> tuple[BatchApp, TraceRouter]:
@@ -287,7 +373,7 @@ def build_app(settings: Settings, cfg: TracesConfig) -> tuple[BatchApp, TraceRou
         web_bind=settings.metrics.host,
         web_host=settings.metrics.host,
     )
-    router = TraceRouter(app, cfg)
+    router = TraceRouter(app, cfg, _table_factories(settings, cfg, app))
     app.subscribe_batches(router)
     app.add_metrics_page()
 
@@ -304,6 +390,8 @@ def build_app(settings: Settings, cfg: TracesConfig) -> tuple[BatchApp, TraceRou
         for tp in args[0]:
             router.tracker.drop(tp)
             router.committed.pop(tp, None)
+        for table in router.tables.values():
+            table.drop(list(args[0]))
 
     async def on_shutdown(sender: Any, *args: Any, signal: Any = None, **kw: Any) -> None:
         await router.drain(10.0)
@@ -324,7 +412,7 @@ def run(settings: Settings, loglevel: str = "info") -> None:
     asyncio.run(
         ensure_topics(
             settings.kafka.bootstrap_servers.split(",")[0],
-            [cfg.retry_topic(d) for d in cfg.destinations],
+            [cfg.retry_topic(d) for d, spec in cfg.destinations.items() if spec.type != "table"],
         )
     )
     app, _ = build_app(settings, cfg)

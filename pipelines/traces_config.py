@@ -17,7 +17,7 @@ from pipelines.routing import RoutingTable
 from pipelines.settings import parse_duration, parse_size
 from pipelines.spans import DECODERS
 
-DESTINATION_TYPES = ("otlp_http", "zipkin", "kafka")
+DESTINATION_TYPES = ("otlp_http", "zipkin", "kafka", "table")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
@@ -39,7 +39,9 @@ class DestinationSpec:
     endpoint: str = ""
     """zipkin: base URL (``/api/v2/spans`` is appended)."""
     topic: str = ""
-    """kafka: where spans are re-published (OTLP protobuf, keyed by trace id)."""
+    """kafka: where spans are re-published (OTLP protobuf)."""
+    table: str = ""
+    """table: the spans table (a contract in warehouse.schemas_dir, under warehouse.root)."""
     timeout_seconds: float = 5.0
     max_batch_spans: int = 2000
     max_batch_bytes: int = 4 << 20
@@ -76,6 +78,7 @@ _DEST_KEYS: dict[str, tuple[str, Any]] = {
     "endpoints": ("endpoints", None),
     "endpoint": ("endpoint", str),
     "topic": ("topic", str),
+    "table": ("table", str),
     "timeout": ("timeout_seconds", parse_duration),
     "max_batch_spans": ("max_batch_spans", int),
     "max_batch_size": ("max_batch_bytes", parse_size),
@@ -209,6 +212,7 @@ def _destinations(raw: object, path: str, problems: list[Problem]) -> dict[str, 
             "otlp_http": ("endpoints", dest.endpoints),
             "zipkin": ("endpoint", dest.endpoint),
             "kafka": ("topic", dest.topic),
+            "table": ("table", dest.table),
         }[kind]
         if not need[1]:
             problems.append(Problem(f"{where}.{need[0]}", f"required for type {kind}"))

@@ -17,11 +17,11 @@ from urllib.parse import urlparse
 
 from pipelines import metrics
 from pipelines.batching.buffer import MemoryBudget, RotationPolicy
-from pipelines.batching.partitions import Committer, CutSink, PartitionSet
+from pipelines.batching.partitions import CutSink, PartitionSet
 from pipelines.deadletter import DeadLetterWriter
 from pipelines.decoders import get_decoder
 from pipelines.errors import ConfigError, Problem
-from pipelines.faust_batch import BatchApp
+from pipelines.faust_batch import BatchApp, with_failpoint
 from pipelines.settings import Settings
 from pipelines.tables import TableSpec, load_tables
 from pipelines.writers.store import ObjectStore, open_store
@@ -102,7 +102,7 @@ def open_root(settings: Settings, client: S3Client | None = None) -> ObjectStore
     return open_store(root)
 
 
-class _FaustProducer:
+class FaustProducer:
     """Adapts Faust's producer to the ``deadletter.Producer`` protocol."""
 
     def __init__(self, app: BatchApp) -> None:
@@ -137,21 +137,6 @@ class WarehouseHandler:
         self.partitions.drop(list(self.partitions.parts))
 
 
-def _with_failpoint(commit: Committer) -> Committer:
-    """Fault injection for the crash tests: ``SLUICE_FAILPOINT_COMMIT_DELAY=<seconds>`` widens
-    the window between "objects durable" and "offset committed", where a crash must lead to
-    an identical rewrite on replay. Unset (always, in production), commit is returned as is."""
-    delay = float(os.environ.get("SLUICE_FAILPOINT_COMMIT_DELAY", "0") or 0)
-    if delay <= 0:
-        return commit
-
-    async def delayed(tp: Any, offset: int) -> bool:
-        await asyncio.sleep(delay)
-        return await commit(tp, offset)
-
-    return delayed
-
-
 def build_app(
     settings: Settings, tables: Mapping[str, TableSpec], store: ObjectStore
 ) -> tuple[BatchApp, WarehouseHandler]:
@@ -176,7 +161,7 @@ def build_app(
         web_bind=settings.metrics.host,
         web_host=settings.metrics.host,
     )
-    dead_letters = DeadLetterWriter(_FaustProducer(app), w.dead_letter_suffix)
+    dead_letters = DeadLetterWriter(FaustProducer(app), w.dead_letter_suffix)
     encode_slots = asyncio.Semaphore(1)  # shared by every table of this worker
     sinks: dict[str, CutSink] = {}
     for spec in tables.values():
@@ -202,7 +187,7 @@ def build_app(
         sinks,
         RotationPolicy(w.rotation.max_rows, w.rotation.max_bytes, w.rotation.max_age_seconds),
         MemoryBudget(w.memory_budget_bytes),
-        commit=_with_failpoint(app.commit_offset),
+        commit=with_failpoint(app.commit_offset),
         pause=app.pause,
         resume=app.resume,
         on_terminal=crash,

@@ -11,7 +11,7 @@ dead-letter topic) *and* its valid spans become rows.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pipelines.decoders.base import DecodedBatch, Rejected
 from pipelines.spans import SpanLimits, SpanView, get_decoder
@@ -22,10 +22,20 @@ from pipelines.tables import TableSpec
 class SpansDecoder:
     """The ``Decoder`` of a spans table whose topics carry ``encoding`` messages."""
 
-    def __init__(self, spec: TableSpec, encoding: str) -> None:
+    def __init__(
+        self,
+        spec: TableSpec,
+        encoding: str,
+        keep: Callable[[SpanView], bool] | None = None,
+        report_rejects: bool = True,
+    ) -> None:
         self.spec = spec
         self.schema = spec.arrow_schema
         self.decoder = get_decoder(encoding, SpanLimits(max_message_bytes=spec.max_record_bytes))
+        self.keep = keep
+        """Only spans it accepts become rows (the trace router's routing to this table)."""
+        self.report_rejects = report_rejects
+        """False when another component (the router) already dead-letters bad messages."""
 
     def decode(self, values: Sequence[bytes]) -> DecodedBatch:
         now_ns = time.time_ns()
@@ -35,11 +45,15 @@ class SpansDecoder:
         for i, value in enumerate(values):
             decoded = self.decoder.decode(value, now_ns)
             if decoded.message_error:
-                rejected.append(Rejected(i, decoded.message_error, decoded.detail))
+                if self.report_rejects:
+                    rejected.append(Rejected(i, decoded.message_error, decoded.detail))
                 continue
-            if decoded.rejected:
+            if decoded.rejected and self.report_rejects:
                 first = decoded.rejected[0]
                 rejected.append(Rejected(i, first.reason, f"span {first.index}: {first.detail}"))
-            spans.extend(decoded.batch.spans)
-            indices.extend([i] * len(decoded.batch.spans))
+            kept = decoded.batch.spans
+            if self.keep is not None:
+                kept = [s for s in kept if self.keep(s)]
+            spans.extend(kept)
+            indices.extend([i] * len(kept))
         return DecodedBatch(to_arrow(spans, self.schema), indices, rejected)

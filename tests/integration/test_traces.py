@@ -282,3 +282,73 @@ async def test_zipkin_json_input_republished_to_a_kafka_topic(
     assert {s.trace_id.hex() for s in spans} == {trace}
     service = req.resource_spans[0].resource.attributes[0]
     assert (service.key, service.value.string_value) == ("service.name", "legacy")
+
+
+async def test_table_destination_writes_the_routed_spans_exactly_once(
+    stack_env, bootstrap, s3, unique, tmp_path, subprocess_env
+) -> None:
+    from tests.sinkkit import REPO, read_table
+
+    topic, group = f"{unique}.spans", f"{unique}-g"
+    await create_topic(bootstrap, topic, 2)
+    rng = random.Random(21)
+    values = [request(["checkout", "search"][i % 2], 10, rng)[0] for i in range(40)]
+    sent = await produce(bootstrap, topic, ((i % 2, v) for i, v in enumerate(values)))
+    schemas = tmp_path / "schemas"
+    schemas.mkdir()
+    (schemas / "spans.yaml").write_text((REPO / "schemas" / "spans.yaml").read_text())
+    config = {
+        "kafka": {"bootstrap_servers": bootstrap, "session_timeout": "6s"},
+        "s3": {"endpoint_url": stack_env["AWS_ENDPOINT_URL_S3"]},
+        "warehouse": {
+            "root": f"s3://lake/{unique}",
+            "schemas_dir": str(schemas),
+            "rotation": {"max_age": "1s"},
+        },
+        "traces": {
+            "group_id": group,
+            "topics": [{"name": topic}],
+            "destinations": {
+                "jaeger": {
+                    "type": "otlp_http",
+                    "endpoints": [stack_env["JAEGER_OTLP_HTTP_ENDPOINT"]],
+                },
+                "lake": {"type": "table", "table": "spans"},
+            },
+            "routes": [
+                {
+                    "name": "shop",
+                    "match": {"resource": {"service.name": "checkout"}},
+                    "to": ["jaeger", "lake"],
+                }
+            ],
+            "default": ["jaeger"],
+        },
+        "metrics": {"port": 0},
+    }
+    path = tmp_path / "traces.yaml"
+    path.write_text(yaml.safe_dump(config))
+    worker = start_worker(path, tmp_path / "worker.log", subprocess_env, "traces")
+    try:
+        ends = {p: 1 + max(o for q, o in sent if q == p) for p in range(2)}
+        await wait_committed(bootstrap, group, topic, ends, 60, [worker])
+    finally:
+        assert stop_worker(worker) == 0, (tmp_path / "worker.log").read_text()[-3000:]
+    table, _ = read_table(s3, "lake", f"{unique}/spans/")
+    want = set()
+    for (p, o), value in sent.items():
+        req = ExportTraceServiceRequest.FromString(value or b"")
+        service = req.resource_spans[0].resource.attributes[0].value.string_value
+        if service == "checkout":
+            want |= {(p, o, s.span_id) for s in req.resource_spans[0].scope_spans[0].spans}
+    rows = list(
+        zip(
+            table.column("_partition").to_pylist(),
+            table.column("_offset").to_pylist(),
+            table.column("span_id").to_pylist(),
+            strict=True,
+        )
+    )
+    assert len(rows) == len(set(rows)) == len(want) == 20 * 10
+    assert set(rows) == want
+    assert set(table.column("service_name").to_pylist()) == {"checkout"}
