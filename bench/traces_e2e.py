@@ -577,7 +577,25 @@ def otelcol_contender(stack: Stack, topic: str, run_dir: Path, tag: str) -> Cont
 
 
 def sluice_config(stack: Stack, topic: str, group: str) -> dict[str, Any]:
-    """The ``sluice traces`` deployment file: the same rules as the collector's."""
+    """The ``sluice traces`` deployment file: the same rules as the collector's. With
+    ``BENCH_SLUICE_TABLE=1`` every route also sends its spans to the Parquet spans table
+    (bar (b) of the issue: the same plus the table, in one process)."""
+    config = _sluice_config(stack, topic, group)
+    if os.environ.get("BENCH_SLUICE_TABLE") == "1":
+        traces = config["traces"]
+        traces["destinations"]["lake"] = {"type": "table", "table": "spans"}
+        traces["routes"] = [{**r, "to": [*r["to"], "lake"]} for r in traces["routes"]]
+        traces["default"] = [*traces["default"], "lake"]
+        config["s3"] = {"endpoint_url": stack.env.get("AWS_ENDPOINT_URL_S3", "")}
+        config["warehouse"] = {
+            "root": f"s3://lake/bench-traces/{group}",
+            "schemas_dir": str(REPO / "schemas"),
+            "rotation": {"max_age": "5s"},
+        }
+    return config
+
+
+def _sluice_config(stack: Stack, topic: str, group: str) -> dict[str, Any]:
     return {
         "kafka": {"bootstrap_servers": stack.bootstrap},
         "traces": {
@@ -618,7 +636,7 @@ def sluice_available() -> str | None:
 
 
 def sluice_contender(stack: Stack, topic: str, run_dir: Path, tag: str) -> Contender:
-    """>>> CONTENDER B: ``/work/main/.venv/bin/sluice traces --config <file>`` <<<
+    """>>> CONTENDER B: ``.venv/bin/sluice traces --config <file>`` <<<
 
     The config carries the same routing table as the collector's (ROUTES / DEFAULT_ROUTE).
     Completion is measured by the group's committed offsets only: sluice commits after every
