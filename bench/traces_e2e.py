@@ -63,6 +63,7 @@ from bench.warehouse_e2e import (
     _fmt,
     _group_stable,
     _stop,
+    fill_topic,
     load_stack,
     log_problems,
     machine,
@@ -440,75 +441,26 @@ class Produced:
 async def produce(
     stack: Stack, topic: str, partitions: int, messages: int, spans: int, seed: int, sample: int
 ) -> Produced:
-    """Create ``topic`` and fill it: one task per partition, whole batches, several in flight."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, partitions, 1)])
-    finally:
-        await admin.close()
-
+    """Create ``topic`` and fill it with ``messages`` OTLP requests of ``spans`` spans."""
     maker = TraceMaker(spans, seed, salt=random.SystemRandom().getrandbits(128))
     counts = SpanCounts()
-    producer = AIOKafkaProducer(
-        bootstrap_servers=stack.bootstrap,
-        acks="all",
-        linger_ms=20,
-        max_batch_size=1 << 20,
-        max_request_size=4 << 20,
-    )
-    await producer.start()
-    sizes = [0] * partitions
     tails: list[deque[tuple[str, dict[str, list[str]]]]] = [
         deque(maxlen=max(1, sample)) for _ in range(partitions)
     ]
     now_ns = time.time_ns()
 
-    async def fill(p: int) -> None:
-        rnd = random.Random(seed * 1009 + p)
-        in_flight: deque[asyncio.Future[Any]] = deque()
-        batch = producer.create_batch()
-        for index in range(p, messages, partitions):
-            value, traces = maker.make(index, rnd, now_ns, counts)
-            tails[p].extend(traces)
-            sizes[p] += len(value)
-            if batch.append(key=None, value=value, timestamp=None) is None:
-                in_flight.append(await producer.send_batch(batch, topic, partition=p))
-                batch = producer.create_batch()
-                batch.append(key=None, value=value, timestamp=None)
-                while len(in_flight) > 4:
-                    await in_flight.popleft()
-            if index % 64 == p:
-                await asyncio.sleep(0)  # let the other partitions' tasks send
-        if batch.record_count():
-            in_flight.append(await producer.send_batch(batch, topic, partition=p))
-        await asyncio.gather(*in_flight)
+    def make(index: int, rnd: random.Random) -> bytes:
+        value, traces = maker.make(index, rnd, now_ns, counts)
+        tails[index % partitions].extend(traces)
+        return value
 
-    started = time.monotonic()
-    try:
-        await asyncio.gather(*(fill(p) for p in range(partitions)))
-        await producer.flush()
-    finally:
-        await producer.stop()
-    seconds = time.monotonic() - started
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap)
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
-    finally:
-        await consumer.stop()
-    end_offsets = {tp.partition: int(o) for tp, o in ends.items()}
-    if sum(end_offsets.values()) != messages:
-        raise RuntimeError(f"topic holds {sum(end_offsets.values())} messages, wanted {messages}")
+    filled = await fill_topic(stack, topic, partitions, messages, seed, make, max_in_flight=4)
+    seconds, end_offsets = filled.seconds, filled.end_offsets
     samples = {tid: expect for tail in tails for tid, expect in tail}
     return Produced(
         messages,
         counts.spans,
-        sum(sizes),
+        filled.bytes,
         seconds,
         end_offsets,
         counts.errors,

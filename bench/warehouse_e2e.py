@@ -190,7 +190,23 @@ class Produced:
 
 
 async def produce(stack: Stack, topic: str, partitions: int, total: int, seed: int) -> Produced:
-    """Create ``topic`` and fill it: one task per partition, whole batches, many in flight."""
+    """Create ``topic`` and fill it with ``total`` app_logs records."""
+    maker = RecordMaker(total, hours=3.0, seed=seed)
+    return await fill_topic(stack, topic, partitions, total, seed, maker.make)
+
+
+async def fill_topic(
+    stack: Stack,
+    topic: str,
+    partitions: int,
+    total: int,
+    seed: int,
+    make: Callable[[int, random.Random], bytes],
+    max_in_flight: int = 8,
+) -> Produced:
+    """Create ``topic`` and fill it with ``make(index, rnd)`` for every index: one task per
+    partition (index ``i`` goes to partition ``i % partitions``, so partitions are equal and
+    ordered), whole batches, several in flight. Checks the end offsets add up to ``total``."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -201,7 +217,6 @@ async def produce(stack: Stack, topic: str, partitions: int, total: int, seed: i
     finally:
         await admin.close()
 
-    maker = RecordMaker(total, hours=3.0, seed=seed)
     producer = AIOKafkaProducer(
         bootstrap_servers=stack.bootstrap,
         acks="all",
@@ -216,14 +231,14 @@ async def produce(stack: Stack, topic: str, partitions: int, total: int, seed: i
         rnd = random.Random(seed * 1009 + p)
         in_flight: deque[asyncio.Future[Any]] = deque()
         batch = producer.create_batch()
-        for index in range(p, total, partitions):  # round-robin: partitions equal and ordered
-            value = maker.make(index, rnd)
+        for index in range(p, total, partitions):
+            value = make(index, rnd)
             sizes[p] += len(value)
             if batch.append(key=None, value=value, timestamp=None) is None:
                 in_flight.append(await producer.send_batch(batch, topic, partition=p))
                 batch = producer.create_batch()
                 batch.append(key=None, value=value, timestamp=None)
-                while len(in_flight) > 8:
+                while len(in_flight) > max_in_flight:
                     await in_flight.popleft()
         if batch.record_count():
             in_flight.append(await producer.send_batch(batch, topic, partition=p))
@@ -240,8 +255,7 @@ async def produce(stack: Stack, topic: str, partitions: int, total: int, seed: i
     consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap)
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        ends = await consumer.end_offsets(tps)
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
     finally:
         await consumer.stop()
     end_offsets = {tp.partition: int(o) for tp, o in ends.items()}
