@@ -133,12 +133,43 @@ class BatchApp(faust.App):
         fut = await producer.send(topic, key, value, None, None, headers)
         return await fut
 
+    def dead_letter_producer(self) -> FaustProducer:
+        """This app's producer, as a ``DeadLetterWriter`` wants it (pipelined sends)."""
+        return FaustProducer(self)
+
+    def crash_soon(self, err: BaseException) -> None:
+        """Stop the worker for a terminal error (from synchronous code): nothing is
+        committed past it; Kubernetes restarts the process."""
+        crashing: set[asyncio.Future[None]] = getattr(self, "_crashing", set())
+        crashing.add(asyncio.ensure_future(self.crash(err)))  # held until it has run
+        self._crashing = crashing
+
     def pause(self, tps: Iterable[Any]) -> None:
         self.consumer.pause_partitions({ensure_TP(tp) for tp in tps})
 
     def resume(self, tps: Iterable[Any]) -> None:
         # Faust's resume_partitions adds its raw argument to a set of TP: convert first.
         self.consumer.resume_partitions({ensure_TP(tp) for tp in tps})
+
+
+class FaustProducer:
+    """Adapts a Faust app's producer to the ``deadletter.Producer`` protocol."""
+
+    def __init__(self, app: BatchApp) -> None:
+        self.app = app
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Awaitable[object]:
+        producer = await self.app.maybe_start_producer()
+        fut: Awaitable[object] = await producer.send(topic, key, value, partition, None, headers)
+        return fut
 
 
 Committer = Callable[[Any, int], Awaitable[bool]]

@@ -324,11 +324,8 @@ def _table_factories(
     store = warehouse.open_root(settings)
     budget = MemoryBudget(w.memory_budget_bytes)
     policy = RotationPolicy(w.rotation.max_rows, w.rotation.max_bytes, w.rotation.max_age_seconds)
-    letters = DeadLetterWriter(warehouse.FaustProducer(app), cfg.dead_letter_suffix)
+    letters = DeadLetterWriter(app.dead_letter_producer(), cfg.dead_letter_suffix)
     encodings = {t.name: t.encoding for t in cfg.topics}
-
-    def crash(err: BaseException) -> None:
-        asyncio.ensure_future(app.crash(err))  # noqa: RUF006 - the app owns it from here
 
     def factory(name: str) -> Callable[[TraceRouter], TableDestination]:
         def make(router: TraceRouter) -> TableDestination:
@@ -344,7 +341,7 @@ def _table_factories(
                 router.tracker.done,
                 app.pause,
                 app.resume,
-                crash,
+                app.crash_soon,
                 cfg.max_message_bytes,
             )
 

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import os
 import tempfile
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -102,26 +102,6 @@ def open_root(settings: Settings, client: S3Client | None = None) -> ObjectStore
     return open_store(root)
 
 
-class FaustProducer:
-    """Adapts Faust's producer to the ``deadletter.Producer`` protocol."""
-
-    def __init__(self, app: BatchApp) -> None:
-        self.app = app
-
-    async def send(
-        self,
-        topic: str,
-        value: bytes | None = None,
-        key: bytes | None = None,
-        partition: int | None = None,
-        timestamp_ms: int | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
-    ) -> Awaitable[object]:
-        producer = await self.app.maybe_start_producer()
-        fut: Awaitable[object] = await producer.send(topic, key, value, partition, None, headers)
-        return fut
-
-
 @dataclass
 class WarehouseHandler:
     """The ``BatchHandler`` of the sink: fetched batches into the partition set."""
@@ -161,7 +141,7 @@ def build_app(
         web_bind=settings.metrics.host,
         web_host=settings.metrics.host,
     )
-    dead_letters = DeadLetterWriter(FaustProducer(app), w.dead_letter_suffix)
+    dead_letters = DeadLetterWriter(app.dead_letter_producer(), w.dead_letter_suffix)
     encode_slots = asyncio.Semaphore(1)  # shared by every table of this worker
     sinks: dict[str, CutSink] = {}
     for spec in tables.values():
@@ -177,12 +157,6 @@ def build_app(
         for topic in spec.topics:
             sinks[topic] = writer
 
-    crashing: set[asyncio.Future[None]] = set()
-
-    def crash(err: BaseException) -> None:
-        """A terminal write error stops the worker: nothing is committed past it."""
-        crashing.add(asyncio.ensure_future(app.crash(err)))
-
     partitions = PartitionSet(
         sinks,
         RotationPolicy(w.rotation.max_rows, w.rotation.max_bytes, w.rotation.max_age_seconds),
@@ -190,7 +164,7 @@ def build_app(
         commit=with_failpoint(app.commit_offset),
         pause=app.pause,
         resume=app.resume,
-        on_terminal=crash,
+        on_terminal=app.crash_soon,
         record_overhead=RECORD_OVERHEAD_BYTES,
     )
     handler = WarehouseHandler(frozenset(sinks), partitions)

@@ -17,7 +17,10 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 from pipelines.devstack.procs import Procs, StackError, ensure_port_free, port_open, run_checked
 
@@ -394,7 +397,7 @@ def _xattrs_work(directory: Path) -> bool:
         probe.unlink(missing_ok=True)
 
 
-def local_s3_client(cfg: StackConfig):  # type: ignore[no-untyped-def]
+def local_s3_client(cfg: StackConfig) -> S3Client:
     """A boto3 S3 client for the local stack (path-style, loopback)."""
     import boto3
     from botocore.config import Config
