@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol, cast
 
@@ -176,15 +177,27 @@ Committer = Callable[[Any, int], Awaitable[bool]]
 
 
 def with_failpoint(commit: Committer) -> Committer:
-    """Fault injection for the crash tests: ``SLUICE_FAILPOINT_COMMIT_DELAY=<seconds>`` widens
-    the window between "objects durable" and "offset committed", where a crash must lead to
-    an identical rewrite on replay. Unset (always, in production), commit is returned as is."""
-    delay = float(os.environ.get("SLUICE_FAILPOINT_COMMIT_DELAY", "0") or 0)
-    if delay <= 0:
-        return commit
+    """Fault injection for the crash tests, unset (always, in production) commit is returned as is.
 
-    async def delayed(tp: Any, offset: int) -> bool:
-        await asyncio.sleep(delay)
+    ``SLUICE_FAILPOINT_COMMIT_DELAY=<seconds>`` widens the window between "objects durable" and
+    "offset committed", where a crash must lead to an identical rewrite on replay.
+    ``SLUICE_FAILPOINT_KILL_AT_COMMIT=<n>`` SIGKILLs the process just before its n-th commit, so
+    a test can land a crash in that window deterministically.
+    """
+    delay = float(os.environ.get("SLUICE_FAILPOINT_COMMIT_DELAY", "0") or 0)
+    kill_at = int(os.environ.get("SLUICE_FAILPOINT_KILL_AT_COMMIT", "0") or 0)
+    if delay <= 0 and kill_at <= 0:
+        return commit
+    commits = 0
+
+    async def faulty(tp: Any, offset: int) -> bool:
+        nonlocal commits
+        commits += 1
+        nth = commits  # commits of several partitions overlap during the delay
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if nth == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
         return await commit(tp, offset)
 
-    return delayed
+    return faulty

@@ -46,7 +46,10 @@ async def test_sigkill_storm_loses_nothing_and_duplicates_nothing(
     logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
     # Widen the window between upload and commit so kills land there too.
     env = {**subprocess_env, "SLUICE_FAILPOINT_COMMIT_DELAY": "0.3"}
-    workers = [start_worker(config, log, env) for log in logs]
+    # And make sure at least one crash lands there: the first worker kills itself just before
+    # its third commit, after that cut's objects and manifest are durable.
+    first = {**env, "SLUICE_FAILPOINT_KILL_AT_COMMIT": "3"}
+    workers = [start_worker(config, logs[0], first), start_worker(config, logs[1], env)]
     # Produce while the chaos runs, so kills land mid-fetch, mid-cut, mid-upload and between
     # upload and commit (cuts are small and frequent: 3000 rows or 1 s).
     producing = asyncio.ensure_future(
@@ -58,8 +61,15 @@ async def test_sigkill_storm_loses_nothing_and_duplicates_nothing(
         )
     )
     kills = 0
-    deadline = time.monotonic() + CHAOS_SECONDS
     try:
+        # Before the chaos: wait for the failpoint kill, then bring the worker back.
+        for _ in range(600):
+            if workers[0].poll() is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert workers[0].returncode == -signal.SIGKILL, "the kill-at-commit failpoint never fired"
+        workers[0] = start_worker(config, logs[0], env)
+        deadline = time.monotonic() + CHAOS_SECONDS
         while time.monotonic() < deadline:
             await asyncio.sleep(rng.uniform(1.0, 4.0))
             victim = rng.randrange(len(workers))
