@@ -21,11 +21,13 @@ from pipelines.devstack.stack import Stack
 @pytest.fixture(scope="session")
 def stack_env() -> Iterator[dict[str, str]]:
     stack = Stack(StackConfig.from_env())
-    was_running = all(s.pid and s.listening for s in stack.status())
+    running = {s.name for s in stack.status() if s.pid and s.listening}
+    started = [c.name for c, _ in stack.components() if c.name not in running]
     env = stack.up(log=False)
     yield env
-    if not was_running:
-        stack.down(log=False)
+    # Only what this session started: others may share the stack.
+    for name in reversed(started):
+        stack.procs.stop(name)
 
 
 @pytest.fixture(scope="session")
