@@ -51,13 +51,17 @@ class StackConfig:
     """SLUICE_S3_SERVER: versitygw (real S3 front end over a directory) or moto."""
     components: tuple[str, ...] = ("kafka", "s3")
     """SLUICE_STACK: which servers `up` starts; add zipkin and/or jaeger for the tracing
-    stores (kafka and s3 always run)."""
+    stores, hms and trino for the catalog tier (kafka and s3 always run; trino needs hms)."""
     zipkin_port: int = 39411
     """SLUICE_ZIPKIN_PORT."""
     jaeger_otlp_http_port: int = 39318
     """SLUICE_JAEGER_OTLP_HTTP_PORT (OTLP/gRPC listens one below it)."""
     jaeger_query_port: int = 39686
     """SLUICE_JAEGER_QUERY_PORT (query gRPC listens one below it)."""
+    hms_port: int = 39083
+    """SLUICE_HMS_PORT (Hive Metastore Thrift)."""
+    trino_port: int = 39080
+    """SLUICE_TRINO_PORT."""
     host: str = "127.0.0.1"
 
     @classmethod
@@ -91,6 +95,8 @@ class StackConfig:
             zipkin_port=port("SLUICE_ZIPKIN_PORT", 39411),
             jaeger_otlp_http_port=port("SLUICE_JAEGER_OTLP_HTTP_PORT", 39318),
             jaeger_query_port=port("SLUICE_JAEGER_QUERY_PORT", 39686),
+            hms_port=port("SLUICE_HMS_PORT", 39083),
+            trino_port=port("SLUICE_TRINO_PORT", 39080),
         )
 
     @property
@@ -116,10 +122,14 @@ class StackConfig:
         if "jaeger" in self.components:
             env["JAEGER_OTLP_HTTP_ENDPOINT"] = f"http://{self.host}:{self.jaeger_otlp_http_port}"
             env["JAEGER_QUERY_URL"] = f"http://{self.host}:{self.jaeger_query_port}"
+        if "hms" in self.components:
+            env["HIVE_METASTORE_URI"] = f"thrift://{self.host}:{self.hms_port}"
+        if "trino" in self.components:
+            env["TRINO_URL"] = f"http://{self.host}:{self.trino_port}"
         return env
 
 
-ALL_COMPONENTS = ("kafka", "s3", "zipkin", "jaeger")
+ALL_COMPONENTS = ("kafka", "s3", "zipkin", "jaeger", "hms", "trino")
 
 
 class Component(Protocol):
@@ -143,6 +153,8 @@ def _components(text: str) -> tuple[str, ...]:
             f"SLUICE_STACK names {', '.join(sorted(unknown))}; "
             f"choose from {', '.join(ALL_COMPONENTS)}"
         )
+    if "trino" in names:
+        names.add("hms")  # Trino's hive catalog reads our metastore
     return tuple(n for n in ALL_COMPONENTS if n in names | {"kafka", "s3"})
 
 

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from pipelines.devstack.components import Component, Kafka, S3Server, StackConfig, wait_ready
+from pipelines.devstack.engines import HiveMetastore, Trino
 from pipelines.devstack.procs import Procs, port_open
 from pipelines.devstack.tracing import Jaeger, Zipkin
 
@@ -41,6 +42,8 @@ class Stack:
         self.s3 = S3Server(cfg, self.procs)
         self.zipkin = Zipkin(cfg, self.procs)
         self.jaeger = Jaeger(cfg, self.procs)
+        self.hms = HiveMetastore(cfg, self.procs)
+        self.trino = Trino(cfg, self.procs)
 
     def components(self) -> list[tuple[Component, float]]:
         """The enabled components, in start order, with their start-up timeouts."""
@@ -49,6 +52,8 @@ class Stack:
             (self.s3, 30.0),
             (self.zipkin, 90.0),
             (self.jaeger, 60.0),
+            (self.hms, 120.0),
+            (self.trino, 240.0),
         ]
         return [(c, t) for c, t in every if c.name in self.cfg.components]
 
@@ -88,7 +93,7 @@ class Stack:
     def down(self, log: bool = True) -> None:
         """Stop every component by pid, enabled or not (a stack started with another
         SLUICE_STACK leaves nothing behind); Kafka last so its shutdown is not raced."""
-        for comp in (self.jaeger, self.zipkin, self.s3, self.kafka):
+        for comp in (self.trino, self.hms, self.jaeger, self.zipkin, self.s3, self.kafka):
             stopped = self.procs.stop(comp.name)
             if log:
                 print(f"{comp.name}: {'stopped' if stopped else 'was not running'}")
@@ -112,6 +117,8 @@ class Stack:
                 for name, addr, port in (
                     ("zipkin", f"http://{c.host}:{c.zipkin_port}", c.zipkin_port),
                     ("jaeger", f"http://{c.host}:{c.jaeger_query_port}", c.jaeger_query_port),
+                    ("hms", f"thrift://{c.host}:{c.hms_port}", c.hms_port),
+                    ("trino", f"http://{c.host}:{c.trino_port}", c.trino_port),
                 )
                 if name in c.components or self.procs.pid(name)
             ),
