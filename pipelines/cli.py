@@ -148,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = config_sub.add_parser("check", help="validate a config file, listing every problem")
     check.add_argument("file")
     check.set_defaults(handler=_config_check)
+
+    from pipelines.catalog.cli import register as register_catalog
+
+    register_catalog(sub)
     return parser
 
 

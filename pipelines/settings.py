@@ -99,6 +99,27 @@ class WarehouseSettings:
 
 
 @dataclass(frozen=True)
+class CatalogSettings:
+    """Where tables are registered for Hive, Trino/Presto, Spark and Athena, and when an hour
+    is declared complete (``_SUCCESS``)."""
+
+    type: str = "none"
+    """none (objects and _SUCCESS markers only), hive (a Hive Metastore) or glue (AWS Glue)."""
+    uri: str = ""
+    """hive: the metastore's thrift://host:port (env: HIVE_METASTORE_URI in the example)."""
+    database: str = "sluice"
+    """Database (schema) the tables are created in; created if missing."""
+    location_scheme: str = ""
+    """URI scheme of table locations: empty means s3a for hive (Spark, Hive), s3 for glue."""
+    sync_on_start: bool = True
+    """Create or evolve the tables when a warehouse worker starts."""
+    lateness_seconds: float = 600.0
+    """An hour is final once every Kafka partition has committed past its end plus this."""
+    finalize_interval_seconds: float = 30.0
+    """How often a worker looks for hours to finalize."""
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     """The Prometheus endpoint of each worker."""
 
@@ -116,6 +137,7 @@ class Settings:
     s3: S3Settings = field(default_factory=S3Settings)
     warehouse: WarehouseSettings = field(default_factory=WarehouseSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    catalog: CatalogSettings = field(default_factory=CatalogSettings)
     traces: Any = None
     """The trace router's section, validated by ``pipelines.traces_config``."""
     base_dir: str = "."
@@ -183,6 +205,30 @@ class Settings:
             )
         if not 0 <= self.metrics.port <= 65535:
             problems.append(Problem("metrics.port", "must be 0..65535"))
+        problems.extend(self._catalog_problems())
+        return problems
+
+    def _catalog_problems(self) -> list[Problem]:
+        c = self.catalog
+        problems: list[Problem] = []
+        if c.type not in ("none", "hive", "glue"):
+            problems.append(Problem("catalog.type", f"{c.type!r}: choose none, hive or glue"))
+        if c.type == "hive" and not re.match(r"^thrift://[A-Za-z0-9.\-]+:\d{1,5}$", c.uri):
+            problems.append(
+                Problem("catalog.uri", f"{c.uri!r}: hive needs thrift://host:port (e.g. :9083)")
+            )
+        if not re.match(r"^[a-z_][a-z0-9_]{0,127}$", c.database):
+            problems.append(Problem("catalog.database", "must match [a-z_][a-z0-9_]{0,127}"))
+        if c.location_scheme not in ("", "s3", "s3a"):
+            problems.append(Problem("catalog.location_scheme", "choose s3 or s3a (or leave empty)"))
+        if c.lateness_seconds < 0:
+            problems.append(Problem("catalog.lateness", "must not be negative"))
+        if c.finalize_interval_seconds <= 0:
+            problems.append(Problem("catalog.finalize_interval", "must be positive"))
+        if c.type != "none" and self.warehouse.root.startswith("file://"):
+            problems.append(
+                Problem("catalog.type", "a catalog needs warehouse.root on s3:// (engines read S3)")
+            )
         return problems
 
     def resolve(self, path: str) -> str:
@@ -272,6 +318,8 @@ _ALIASES = {
     "max_message_size": "max_message_bytes",
     "max_age": "max_age_seconds",
     "session_timeout": "session_timeout_seconds",
+    "lateness": "lateness_seconds",
+    "finalize_interval": "finalize_interval_seconds",
 }
 _FIELD_PARSERS: dict[str, Parser] = {
     "memory_budget_bytes": parse_size,
@@ -329,6 +377,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "WarehouseSettings": WarehouseSettings,
     "RotationSettings": RotationSettings,
     "MetricsSettings": MetricsSettings,
+    "CatalogSettings": CatalogSettings,
 }
 
 
@@ -365,6 +414,7 @@ def parse_settings(
         s3=settings.s3,
         warehouse=settings.warehouse,
         metrics=settings.metrics,
+        catalog=settings.catalog,
         traces=settings.traces,
         base_dir=base_dir,
         warehouse_configured=not isinstance(tree, dict) or "warehouse" in tree,

@@ -18,6 +18,10 @@ from urllib.parse import urlparse
 from pipelines import metrics
 from pipelines.batching.buffer import MemoryBudget, RotationPolicy
 from pipelines.batching.partitions import CutSink, PartitionSet
+from pipelines.catalog.finalizer import Finalizer, RegisteringSink, run_forever
+from pipelines.catalog.progress import AioKafkaProgress
+from pipelines.catalog.registry import open_catalog, table_location
+from pipelines.catalog.sync import sync_tables
 from pipelines.deadletter import DeadLetterWriter
 from pipelines.decoders import get_decoder
 from pipelines.errors import ConfigError, Problem
@@ -144,15 +148,33 @@ def build_app(
     dead_letters = DeadLetterWriter(app.dead_letter_producer(), w.dead_letter_suffix)
     encode_slots = asyncio.Semaphore(1)  # shared by every table of this worker
     sinks: dict[str, CutSink] = {}
+    catalog = open_catalog(settings)
+    if settings.catalog.sync_on_start:
+        locations = {n: table_location(settings, t) for n, t in tables.items()}
+        for result in sync_tables(tables, store, catalog, locations):
+            if result.added:
+                log.info("%s: columns added: %s", result.table, ", ".join(result.added))
+    finalizers: list[Finalizer] = []
+    progress = AioKafkaProgress(settings.kafka.bootstrap_servers, settings.kafka.client_id)
     for spec in tables.values():
-        writer = TableWriter(
-            spec,
-            get_decoder(spec.encoding, spec),
+        location = table_location(settings, spec)
+        writer: CutSink = RegisteringSink(
+            TableWriter(
+                spec,
+                get_decoder(spec.encoding, spec),
+                store,
+                "",
+                dead_letters,
+                w.max_message_bytes,
+                encode_slots=encode_slots,
+            ),
             store,
-            "",
-            dead_letters,
-            w.max_message_bytes,
-            encode_slots=encode_slots,
+            catalog,
+            spec,
+            location,
+        )
+        finalizers.append(
+            Finalizer(spec, store, catalog, progress, w.group_id, settings.catalog.lateness_seconds)
         )
         for topic in spec.topics:
             sinks[topic] = writer
@@ -184,6 +206,10 @@ def build_app(
                     metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(high - done)
 
     app.add_metrics_page()
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def finalize() -> None:
+        await run_forever(finalizers, settings.catalog.finalize_interval_seconds)
 
     async def on_revoked(sender: Any, *args: Any, signal: Any = None, **kw: Any) -> None:
         partitions.drop(args[0])  # args: (revoked partitions,)

@@ -56,3 +56,13 @@ def unique() -> str:
 @pytest.fixture
 def subprocess_env(stack_env: dict[str, str]) -> dict[str, str]:
     return {**os.environ, **stack_env}
+
+
+@pytest.fixture(scope="session")
+def spark(stack_env: dict[str, str]) -> Iterator[object]:
+    """A local Spark session reading through the stack's Hive Metastore over s3a."""
+    from tests.enginekit import spark_session
+
+    session = spark_session(stack_env)
+    yield session
+    session.stop()

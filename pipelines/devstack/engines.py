@@ -155,6 +155,11 @@ class HiveMetastore:
                     "fs.s3a.connection.ssl.enabled": "false",
                     "fs.s3a.access.key": LOCAL_ACCESS_KEY,
                     "fs.s3a.secret.key": LOCAL_SECRET_KEY,
+                    # Creating a table's directory would delete parent "directory markers"
+                    # with a multi-object delete, which the local S3 server refuses (S3A then
+                    # retries for minutes): keep markers, delete one key at a time.
+                    "fs.s3a.directory.marker.retention": "keep",
+                    "fs.s3a.multiobjectdelete.enable": "false",
                 }
             )
         )

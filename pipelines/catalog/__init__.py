@@ -1,0 +1,1 @@
+"""Table catalogs (Hive Metastore, AWS Glue, none), partition registration and finalization."""
