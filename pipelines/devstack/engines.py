@@ -339,6 +339,8 @@ class Trino:
                     "s3.path-style-access": "true",
                     "s3.aws-access-key": LOCAL_ACCESS_KEY,
                     "s3.aws-secret-key": LOCAL_SECRET_KEY,
+                    # Our timestamp[us] columns keep their microseconds (default: millis).
+                    "hive.timestamp-precision": "MICROSECONDS",
                 }
             )
         )
