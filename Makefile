@@ -7,8 +7,10 @@ PY := $(VENV)/bin/python
 SLUICE := $(VENV)/bin/sluice
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
-# Every server the suite runs against (the demo needs only kafka and s3).
-TEST_STACK := kafka,s3,zipkin,jaeger
+# Every server the suite runs against.
+TEST_STACK := kafka,s3,zipkin,jaeger,hms,trino
+# The demo: the sink, and its table queried through the metastore with Trino.
+DEMO_STACK := kafka,s3,hms,trino
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -32,7 +34,7 @@ fmt: install ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix pipelines tests bench
 	$(VENV)/bin/ruff format pipelines tests bench
 
-stack-up: install ## fetch/build and start the local stack (Kafka, S3, Zipkin, Jaeger) on loopback
+stack-up: install ## fetch/build and start the local stack (Kafka, S3, Zipkin, Jaeger, Hive Metastore, Trino)
 	SLUICE_STACK=$(TEST_STACK) $(SLUICE) dev up
 
 stack-down: ## stop every process of the local stack
@@ -50,7 +52,7 @@ test: install lint ## the whole suite against the real stack; the stack is stopp
 	$(SLUICE) dev down; exit $$rc
 
 demo: install ## run the main job end to end on the local stack
-	@$(SLUICE) dev up; rc=$$?; \
+	@export SLUICE_STACK=$(DEMO_STACK); $(SLUICE) dev up; rc=$$?; \
 	if [ $$rc -eq 0 ]; then $(PY) -m pipelines.demo; rc=$$?; fi; \
 	if [ -z "$$SLUICE_KEEP_STACK" ]; then $(SLUICE) dev down; fi; exit $$rc
 

@@ -3,8 +3,9 @@
 1. Produces a sample stream of app logs (with a few bad records) to ``logs.app``.
 2. Runs a real ``sluice warehouse`` worker with ``examples/local.yaml`` until every record
    is committed, then stops it (SIGTERM: drain and commit).
-3. Queries the resulting table over S3 with DuckDB and shows where its objects are, and
-   what went to the dead-letter topic.
+3. Queries the resulting table over S3 with DuckDB and, when the stack runs a Hive
+   Metastore and Trino (``make demo`` starts both), through the metastore with Trino; lists
+   the table's partitions (``sluice partitions``) and what went to the dead-letter topic.
 """
 
 from __future__ import annotations
@@ -158,10 +159,30 @@ def _query(cfg: StackConfig) -> None:
                from glob('s3://lake/warehouse/app_logs/*/*/*.parquet')""").show(max_width=200)
 
 
+def _query_trino(cfg: StackConfig) -> None:
+    import trino
+
+    conn = trino.dbapi.connect(  # type: ignore[no-untyped-call]
+        host=cfg.host, port=cfg.trino_port, user="demo", catalog="hive", schema="sluice"
+    )
+    cur = conn.cursor()
+    cur.execute(
+        "select dt, hr, count(*), count_if(level = 'ERROR') from app_logs "
+        "group by dt, hr order by dt, hr"
+    )
+    print("\nThe same table through the Hive Metastore, with Trino (hive.sluice.app_logs):")
+    print(f"  {'dt':10} {'hr':2} {'rows':>7} {'errors':>6}")
+    for dt, hr, rows, errors in cur.fetchall():
+        print(f"  {dt:10} {hr:2} {rows:>7} {errors:>6}")
+    conn.close()
+
+
 def main() -> int:
     cfg = StackConfig.from_env()
     env = {**os.environ, **cfg.client_env()}
     os.environ.update(cfg.client_env())
+    with_hms = "hms" in cfg.components
+    catalog = {"SLUICE_CATALOG": "hive"} if with_hms else {}
     print(f"1. producing {RECORDS} app log records to {TOPIC} on {cfg.bootstrap} ...")
     ends = asyncio.run(_produce(cfg.bootstrap))
     print(
@@ -173,7 +194,7 @@ def main() -> int:
     with open(log, "wb") as out:
         worker = subprocess.Popen(
             [sys.executable, "-m", "pipelines.cli", "warehouse", "--config", str(CONFIG)],
-            env={**env, "SLUICE_METRICS_PORT": "0", "SLUICE_MAX_AGE": "5s"},
+            env={**env, "SLUICE_METRICS_PORT": "0", "SLUICE_MAX_AGE": "5s", **catalog},
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -184,6 +205,24 @@ def main() -> int:
             worker.wait(60)
     print(f"   committed in {time.monotonic() - t0:.1f}s (worker log: {log})")
     _query(cfg)
+    if "trino" in cfg.components:
+        _query_trino(cfg)
+    if with_hms:
+        print("\n`sluice partitions --table app_logs`:", flush=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pipelines.cli",
+                "partitions",
+                "--config",
+                str(CONFIG),
+                "--table",
+                "app_logs",
+            ],
+            env={**env, **catalog},
+            check=False,
+        )
     letters = asyncio.run(_dead_letters(cfg.bootstrap))
     print(f"3. {len(letters)} record(s) in the dead-letter topic {TOPIC}.dlq, e.g.:")
     for reason, detail in letters[:3]:
