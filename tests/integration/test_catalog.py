@@ -104,11 +104,13 @@ async def test_hive_tables_read_alike_in_spark_trino_duckdb_final_and_evolving(
     }
     config.write_text(yaml.safe_dump(doc))
 
-    worker = start_worker(config, tmp_path / "worker.log", subprocess_env)
+    # Two workers share the partitions; each runs a finalizer.
+    logs = [tmp_path / "worker-a.log", tmp_path / "worker-b.log"]
+    workers = [start_worker(config, log, subprocess_env) for log in logs]
+    hours = sorted(per_hour([r for _, r in first]))
     try:
-        await wait_committed(bootstrap, group, topic, {0: 200, 1: 200}, 120, [worker])
+        await wait_committed(bootstrap, group, topic, {0: 200, 1: 200}, 120, workers)
         # Both hours become final: every partition is past them (and caught up).
-        hours = sorted(per_hour([r for _, r in first]))
         finals = [f"{unique}/_sluice/app_logs/final/dt={d}/hr={h}" for d, h in hours]
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -116,8 +118,13 @@ async def test_hive_tables_read_alike_in_spark_trino_duckdb_final_and_evolving(
             if {o["Key"] for o in listed.get("Contents", [])} >= set(finals):
                 break
             time.sleep(1)
+        time.sleep(3)  # a few more finalizer passes in both workers
     finally:
-        assert stop_worker(worker) == 0, (tmp_path / "worker.log").read_text()[-3000:]
+        for w, log in zip(workers, logs, strict=True):
+            assert stop_worker(w) == 0, log.read_text()[-3000:]
+    # Exactly one decision per hour across the two workers.
+    decisions = sum(log.read_text().count(": final (every partition") for log in logs)
+    assert decisions == len(hours)
     for d, h in hours:
         s3.head_object(Bucket=BUCKET, Key=f"{unique}/app_logs/dt={d}/hr={h}/_SUCCESS")
 
@@ -211,6 +218,15 @@ async def test_hive_tables_read_alike_in_spark_trino_duckdb_final_and_evolving(
         await wait_committed(bootstrap, group, topic, {0: 250, 1: 250}, 120, [worker])
     finally:
         assert stop_worker(worker) == 0
+    # The restarted worker did not decide the finalized hours again.
+    restarted = (tmp_path / "worker2.log").read_text()
+    assert not any(f"dt={d}/hr={h}: final" in restarted for d, h in hours)
+    # `sluice catalog sync` is idempotent and re-registers what the sink recorded.
+    synced = sluice("catalog", "sync", "--config", str(config), env=subprocess_env)
+    assert synced.returncode == 0, synced.stderr
+    assert (
+        "hive: app_logs at s3a://" in synced.stdout and "3 partitions registered" in synced.stdout
+    )
     mixed = "select count(*) - count(region), count(region), count(distinct region) from {t}"
     assert trino_query(stack_env, db, mixed.format(t="app_logs")) == [[400, 100, 3]]
     spark.catalog.refreshTable(f"{db}.app_logs")
