@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines.devstack.components import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, StackConfig
+from pipelines.devstack.components import StackConfig
 
 TOPIC = "logs.app"
 PARTITIONS = 3
@@ -126,22 +126,9 @@ async def _dead_letters(bootstrap: str) -> list[tuple[str, str]]:
 
 
 def _query(cfg: StackConfig) -> None:
-    import duckdb
-    import duckdb_extension_httpfs
+    from pipelines.devstack.duckdb_s3 import duckdb_over_s3
 
-    ext = (
-        Path(duckdb_extension_httpfs.__file__).parent
-        / "extensions"
-        / f"v{duckdb.__version__}"
-        / "httpfs.duckdb_extension"
-    )
-    con = duckdb.connect()
-    con.execute(f"LOAD '{ext}'")
-    con.execute(
-        f"CREATE SECRET local (TYPE S3, KEY_ID '{LOCAL_ACCESS_KEY}', "
-        f"SECRET '{LOCAL_SECRET_KEY}', REGION 'us-east-1', "
-        f"ENDPOINT '{cfg.host}:{cfg.s3_port}', URL_STYLE 'path', USE_SSL false)"
-    )
+    con = duckdb_over_s3(f"{cfg.host}:{cfg.s3_port}")
     con.execute(
         "create view app_logs as select * from read_parquet("
         "'s3://lake/warehouse/app_logs/*/*/*.parquet', hive_partitioning=true)"

@@ -8,10 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import duckdb
-import duckdb_extension_httpfs
-
 from pipelines.devstack.components import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, StackConfig
+from pipelines.devstack.duckdb_s3 import duckdb_over_s3
 
 HADOOP_AWS = "org.apache.hadoop:hadoop-aws:3.3.4"  # = the Hadoop bundled with pyspark 3.5.9
 
@@ -69,19 +67,5 @@ def trino_query(stack_env: dict[str, str], schema: str, sql: str) -> list[list[A
         conn.close()
 
 
-def duckdb_s3(stack_env: dict[str, str]) -> duckdb.DuckDBPyConnection:
-    ext = (
-        Path(duckdb_extension_httpfs.__file__).parent
-        / "extensions"
-        / f"v{duckdb.__version__}"
-        / "httpfs.duckdb_extension"
-    )
-    con = duckdb.connect()
-    con.execute(f"LOAD '{ext}'")
-    endpoint = stack_env["AWS_ENDPOINT_URL_S3"].removeprefix("http://")
-    con.execute(
-        f"CREATE SECRET s (TYPE S3, KEY_ID '{LOCAL_ACCESS_KEY}', SECRET '{LOCAL_SECRET_KEY}', "
-        f"REGION 'us-east-1', ENDPOINT '{endpoint}', URL_STYLE 'path', USE_SSL false)"
-    )
-    con.execute("SET TimeZone='UTC'")
-    return con
+def duckdb_s3(stack_env: dict[str, str]) -> Any:
+    return duckdb_over_s3(stack_env["AWS_ENDPOINT_URL_S3"].removeprefix("http://"))
