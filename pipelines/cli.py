@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pipelines.catalog.cli import register as register_catalog
 
     register_catalog(sub)
+    from pipelines.backfill.cli import register as register_backfill
+
+    register_backfill(sub)
     return parser
 
 

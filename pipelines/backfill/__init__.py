@@ -1,0 +1,1 @@
+"""Jobs over a table's history: verify it against Kafka (and, later, rebuild hours)."""
