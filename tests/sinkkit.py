@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -214,3 +215,28 @@ def scrape(port: int) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             out[name] = float(value)
     return out
+
+
+def run_cli(
+    *args: str, env: dict[str, str], timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``sluice ARGS`` in a subprocess from the repository root, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_verify(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``sluice verify`` of app_logs over the last hour and the next (all a test produced)."""
+    now = datetime.now(UTC)
+    return run_cli(
+        *("verify", "--config", str(config), "--table", "app_logs"),
+        *("--from", (now - timedelta(hours=1)).isoformat()),
+        *("--to", (now + timedelta(hours=1)).isoformat()),
+        env=env,
+    )

@@ -126,6 +126,13 @@ class RegisteringSink:
                 )
 
 
+@dataclass(frozen=True)
+class _Progress:
+    tps: list[tuple[str, int]]
+    committed: dict[tuple[str, int], int]
+    ends: dict[tuple[str, int], int]
+
+
 class KafkaProgress(Protocol):
     """What the finalizer asks Kafka (async; faked in unit tests)."""
 
@@ -161,19 +168,22 @@ class Finalizer:
         final = _paths(self.store.list(f"_sluice/{name}/final/"), f"_sluice/{name}/final/")
         return sorted(set(reg) - set(final))
 
-    async def passed(self, when: datetime) -> bool:
-        """Whether every Kafka partition of the table has committed past ``when``."""
+    async def _progress(self) -> _Progress | None:
+        """One snapshot of the table's partitions, committed and end offsets per pass."""
         tps = await self.kafka.partitions(self.spec.topics)
         if not tps:
-            return False
+            return None
         committed = await self.kafka.committed(self.group, tps)
-        ends = await self.kafka.end_offsets(tps)
-        firsts = await self.kafka.offsets_for_time(tps, int(when.timestamp() * 1000))
-        for tp in tps:
-            done = committed.get(tp, -1)
+        return _Progress(tps, committed, await self.kafka.end_offsets(tps))
+
+    async def passed(self, progress: _Progress, when: datetime) -> bool:
+        """Whether every Kafka partition of the table has committed past ``when``."""
+        firsts = await self.kafka.offsets_for_time(progress.tps, int(when.timestamp() * 1000))
+        for tp in progress.tps:
+            done = progress.committed.get(tp, -1)
             first = firsts.get(tp)
             if first is None:
-                if done < ends.get(tp, 0) or self.clock() < when.timestamp():
+                if done < progress.ends.get(tp, 0) or self.clock() < when.timestamp():
                     return False
             elif done < first:
                 return False
@@ -183,16 +193,19 @@ class Finalizer:
         """Finalize what can be; returns the paths this pass declared or repaired as final."""
         done: list[str] = []
         lateness = timedelta(seconds=self.lateness_seconds)
+        due: list[tuple[str, datetime]] = []
         for path in await asyncio.to_thread(self.candidates):
-            _, end = partition_bounds(self.spec, path)
-            if self.clock() < (end + lateness).timestamp() or not await self.passed(end + lateness):
+            watermark = partition_bounds(self.spec, path)[1] + lateness
+            if self.clock() >= watermark.timestamp():
+                due.append((path, watermark))
+        progress = await self._progress() if due else None
+        for path, watermark in due:
+            if progress is None or not await self.passed(progress, watermark):
                 continue
             # Mark first, then record: a crash in between leaves the hour a candidate, and
             # the next pass (of any worker) marks it again (idempotent) and records it.
             await asyncio.to_thread(self._mark, path)
-            record = json.dumps(
-                {"finalized_at": self.clock(), "watermark": (end + lateness).isoformat()}
-            )
+            record = json.dumps({"finalized_at": self.clock(), "watermark": watermark.isoformat()})
             won = await asyncio.to_thread(
                 self.store.put, final_key(self.spec.name, path), record.encode(), True
             )
@@ -202,7 +215,7 @@ class Finalizer:
                     "%s/%s: final (every partition committed past %s)",
                     self.spec.name,
                     path,
-                    end + lateness,
+                    watermark,
                 )
             done.append(path)
         return done

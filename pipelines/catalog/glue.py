@@ -49,44 +49,42 @@ class GlueCatalog:
         self.client = client or boto3.client("glue", region_name=region)
         self._db_ready = False
 
-    def _call(self, what: str, method: str, **kwargs: Any) -> Any:
+    def _call(self, what: str, method: str, *, absent_ok: str = "", **kwargs: Any) -> Any:
+        """One Glue call, its errors translated; returns None when it fails with ``absent_ok``
+        (the one error code the caller expects, e.g. ``EntityNotFoundException``)."""
         try:
             return getattr(self.client, method)(**kwargs)
         except ClientError as err:
-            code = err.response.get("Error", {}).get("Code", "")
+            code = str(err.response.get("Error", {}).get("Code", ""))
+            if absent_ok and code == absent_ok:
+                return None
             if code in _TRANSIENT_CODES:
                 raise TransientError(f"Glue {code} while {what}") from err
-            raise
+            raise TerminalError(f"Glue refused {what}: {err}") from err
         except BotoCoreError as err:
             raise TransientError(f"Glue unreachable while {what}: {err}") from err
 
-    def _code(self, err: ClientError) -> str:
-        return str(err.response.get("Error", {}).get("Code", ""))
-
     def _ensure_db(self) -> None:
-        if self._db_ready:
-            return
-        try:
+        if not self._db_ready:
             self._call(
-                "creating the database", "create_database", DatabaseInput={"Name": self.database}
+                f"creating database {self.database}",
+                "create_database",
+                absent_ok="AlreadyExistsException",
+                DatabaseInput={"Name": self.database},
             )
-        except ClientError as err:
-            if self._code(err) != "AlreadyExistsException":
-                raise TerminalError(
-                    f"Glue refused creating database {self.database}: {err}"
-                ) from err
-        self._db_ready = True
+            self._db_ready = True
 
     def sync_table(self, spec: TableSpec, location: str) -> list[str]:
         self._ensure_db()
         what = f"syncing table {spec.name}"
-        try:
-            table = self._call(what, "get_table", DatabaseName=self.database, Name=spec.name)[
-                "Table"
-            ]
-        except ClientError as err:
-            if self._code(err) != "EntityNotFoundException":
-                raise TerminalError(f"Glue refused {what}: {err}") from err
+        found = self._call(
+            what,
+            "get_table",
+            absent_ok="EntityNotFoundException",
+            DatabaseName=self.database,
+            Name=spec.name,
+        )
+        if found is None:
             self._call(
                 what,
                 "create_table",
@@ -100,6 +98,7 @@ class GlueCatalog:
                 },
             )
             return [n for n, _ in table_columns(spec)]
+        table = found["Table"]
         sd = table["StorageDescriptor"]
         evolution = compare_columns(spec, [(c["Name"], c["Type"]) for c in sd["Columns"]])
         if evolution.problems:
@@ -161,8 +160,15 @@ class GlueCatalog:
     def partitions(self, spec: TableSpec) -> list[PartitionInfo]:
         keys = partition_keys(spec)
         out: list[PartitionInfo] = []
-        paginator = self.client.get_paginator("get_partitions")
-        for page in paginator.paginate(DatabaseName=self.database, TableName=spec.name):
+        token = ""
+        while True:
+            page = self._call(
+                f"listing partitions of {spec.name}",
+                "get_partitions",
+                DatabaseName=self.database,
+                TableName=spec.name,
+                **({"NextToken": token} if token else {}),
+            )
             for p in page["Partitions"]:
                 out.append(
                     PartitionInfo(
@@ -171,7 +177,9 @@ class GlueCatalog:
                         dict(p.get("Parameters", {})),
                     )
                 )
-        return sorted(out, key=lambda i: i.path)
+            token = page.get("NextToken", "")
+            if not token:
+                return sorted(out, key=lambda i: i.path)
 
     def _update(
         self, spec: TableSpec, path: str, location: str | None, params: Mapping[str, str]

@@ -33,6 +33,7 @@ from pipelines.catalog.base import (
     compare_columns,
     partition_keys,
     partition_values,
+    table_columns,
 )
 from pipelines.errors import TerminalError, TransientError
 from pipelines.tables import TableSpec
@@ -102,8 +103,6 @@ class HiveCatalog:
             return None
 
     def sync_table(self, spec: TableSpec, location: str) -> list[str]:
-        from pipelines.catalog.base import table_columns
-
         def run(client: Any) -> list[str]:
             table = self._table(client, spec)
             if table is None:

@@ -1,7 +1,7 @@
 """``KafkaProgress`` over aiokafka: partitions, committed and end offsets, offsets by time.
 
-Its own short-lived clients (no group membership), so the finalizer never disturbs the
-sink's consumer. Connection failures surface as ``TransientError``.
+Its own clients (no group membership, opened on first use and kept for the worker's life), so
+the finalizer never disturbs the sink's consumer. Connection failures surface as ``TransientError``.
 """
 
 from __future__ import annotations
@@ -41,12 +41,6 @@ class AioKafkaProgress:
                 raise TransientError(f"finalizer cannot reach Kafka: {err}") from err
             self._consumer, self._admin = consumer, admin
         return self._consumer, self._admin
-
-    async def close(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
-            await self._admin.close()
-            self._consumer = self._admin = None
 
     async def partitions(self, topics: Sequence[str]) -> list[TP]:
         consumer, _ = await self._clients()

@@ -165,6 +165,26 @@ def require_tool(name: str, hint: str) -> str:
     return path
 
 
+def mvn_copy_dependencies(pom: Path, out: Path, what: str, log: Path) -> None:
+    """Resolve ``pom``'s runtime dependencies into ``out`` (Maven's own cache does the rest)."""
+    mvn = require_tool("mvn", "Install Maven 3.8+ (Debian: apt-get install maven).")
+    run_checked(
+        [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(pom),
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={out}",
+        ],
+        what,
+        "Check that Maven Central is reachable (proxy settings in ~/.m2/settings.xml).",
+        log,
+    )
+
+
 class Kafka:
     """Apache Kafka, single node, KRaft combined mode, from Maven Central's jars."""
 
@@ -184,22 +204,12 @@ class Kafka:
         lib = self.lib_dir()
         if (lib.parent / "complete").exists():
             return lib
-        mvn = require_tool("mvn", "Install Maven 3.8+ (Debian: apt-get install maven).")
         tmp = lib.parent / "lib.partial"
         shutil.rmtree(tmp, ignore_errors=True)
-        run_checked(
-            [
-                mvn,
-                "-q",
-                "-B",
-                "-f",
-                str(self.pom),
-                "dependency:copy-dependencies",
-                "-DincludeScope=runtime",
-                f"-DoutputDirectory={tmp}",
-            ],
+        mvn_copy_dependencies(
+            self.pom,
+            tmp,
             "Downloading Kafka's jars with Maven",
-            "Check that Maven Central is reachable (proxy settings in ~/.m2/settings.xml).",
             self.procs.log_dir / "kafka-fetch.log",
         )
         shutil.rmtree(lib, ignore_errors=True)

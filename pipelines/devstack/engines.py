@@ -28,6 +28,7 @@ from pipelines.devstack.components import (
     LOCAL_ACCESS_KEY,
     LOCAL_SECRET_KEY,
     StackConfig,
+    mvn_copy_dependencies,
     require_tool,
 )
 from pipelines.devstack.procs import Procs, StackError, ensure_port_free, port_open, run_checked
@@ -110,21 +111,8 @@ class HiveMetastore:
         # Hive 3's guava 19 breaks Hadoop 3.3 (it needs guava 27, which the pom brings).
         for jar in (home / "metastore" / "lib").glob("guava-19*.jar"):
             jar.unlink()
-        mvn = require_tool("mvn", "Install Maven 3.8+ (Debian: apt-get install maven).")
-        run_checked(
-            [
-                mvn,
-                "-q",
-                "-B",
-                "-f",
-                str(self.pom),
-                "dependency:copy-dependencies",
-                "-DincludeScope=runtime",
-                f"-DoutputDirectory={home / 'hadoop-lib'}",
-            ],
-            "Resolving the metastore's Hadoop jars with Maven",
-            "Check that Maven Central is reachable.",
-            log,
+        mvn_copy_dependencies(
+            self.pom, home / "hadoop-lib", "Resolving the metastore's Hadoop jars with Maven", log
         )
         (home / "complete").write_text("ok\n")
         return home

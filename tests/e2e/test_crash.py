@@ -6,10 +6,7 @@ import asyncio
 import json
 import random
 import signal
-import subprocess
-import sys
 import time
-from datetime import UTC, datetime, timedelta
 
 from tests.sinkkit import (
     app_log,
@@ -17,6 +14,7 @@ from tests.sinkkit import (
     encode,
     produce,
     read_table,
+    run_verify,
     start_worker,
     stop_worker,
     wait_committed,
@@ -107,17 +105,6 @@ async def test_sigkill_storm_loses_nothing_and_duplicates_nothing(
         assert value is not None and ids[key] == json.loads(value)["event_id"]
     assert table.num_rows == RECORDS
     # And the operators' check agrees: `sluice verify` finds every offset exactly once.
-    now = datetime.now(UTC)
-    verified = subprocess.run(
-        [
-            *(sys.executable, "-m", "pipelines.cli", "verify", "--config", str(config)),
-            *("--table", "app_logs", "--from", (now - timedelta(hours=1)).isoformat()),
-            *("--to", (now + timedelta(hours=1)).isoformat()),
-        ],
-        env=subprocess_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    verified = run_verify(config, subprocess_env)
     assert verified.returncode == 0, verified.stdout[-3000:] + verified.stderr[-3000:]
     assert f"rows {RECORDS}, dead-lettered 0" in verified.stdout

@@ -5,8 +5,6 @@ the metastore) and DuckDB (over S3) give the same answers."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections import Counter
 from typing import Any
@@ -20,10 +18,10 @@ from pipelines.catalog.hive import HiveCatalog
 from pipelines.tables import load_table
 from tests.enginekit import duckdb_s3, trino_query
 from tests.sinkkit import (
-    REPO,
     app_log,
     create_topic,
     encode,
+    run_cli,
     start_worker,
     stop_worker,
     wait_committed,
@@ -48,17 +46,6 @@ async def produce_at(bootstrap: str, topic: str, records: list[tuple[int, dict[s
             await f
     finally:
         await producer.stop()
-
-
-def sluice(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def hour_of(ts_ms: int) -> tuple[str, str]:
@@ -185,7 +172,7 @@ async def test_hive_tables_read_alike_in_spark_trino_duckdb_final_and_evolving(
         assert float(row[5]) == rec["ts"] / 1000
 
     # `sluice partitions` reports both hours final with their rows.
-    listing = sluice(
+    listing = run_cli(
         "partitions", "--config", str(config), "--table", "app_logs", "--json", env=subprocess_env
     )
     assert listing.returncode == 0, listing.stderr
@@ -204,7 +191,7 @@ async def test_hive_tables_read_alike_in_spark_trino_duckdb_final_and_evolving(
     contract = yaml.safe_load(schema_file.read_text())
     contract["columns"].append({"name": "region", "type": "string"})
     schema_file.write_text(yaml.safe_dump(contract))
-    checked = sluice("schemas", "check", "--config", str(config), env=subprocess_env)
+    checked = run_cli("schemas", "check", "--config", str(config), env=subprocess_env)
     assert checked.returncode == 0 and "new columns: region" in checked.stdout, checked
 
     later = []
@@ -222,7 +209,7 @@ async def test_hive_tables_read_alike_in_spark_trino_duckdb_final_and_evolving(
     restarted = (tmp_path / "worker2.log").read_text()
     assert not any(f"dt={d}/hr={h}: final" in restarted for d, h in hours)
     # `sluice catalog sync` is idempotent and re-registers what the sink recorded.
-    synced = sluice("catalog", "sync", "--config", str(config), env=subprocess_env)
+    synced = run_cli("catalog", "sync", "--config", str(config), env=subprocess_env)
     assert synced.returncode == 0, synced.stderr
     assert (
         "hive: app_logs at s3a://" in synced.stdout and "3 partitions registered" in synced.stdout
@@ -239,7 +226,19 @@ async def test_hive_tables_read_alike_in_spark_trino_duckdb_final_and_evolving(
         {**c, "type": "string"} if c["name"] == "user_id" else c for c in contract["columns"]
     ]
     schema_file.write_text(yaml.safe_dump(contract))
-    refused = sluice("schemas", "check", "--config", str(config), env=subprocess_env)
+    refused = run_cli("schemas", "check", "--config", str(config), env=subprocess_env)
     assert refused.returncode == 1
     assert "user_id" in refused.stderr and "bigint -> string" in refused.stderr
     assert "new table" in refused.stderr
+
+    # A partition's location moves in one metastore call (backfill's swap): Trino follows it.
+    catalog = HiveCatalog(stack_env["HIVE_METASTORE_URI"], db)
+    d0, h0 = hours[0]
+    path = f"dt={d0}/hr={h0}"
+    original = next(p.location for p in catalog.partitions(spec) if p.path == path)
+    per_hour_sql = f"select count(*) from app_logs where dt = '{d0}' and hr = '{h0}'"
+    assert trino_query(stack_env, db, per_hour_sql) == [[want[(d0, h0)][0]]]
+    catalog.set_partition_location(spec, path, f"s3a://{BUCKET}/{unique}/empty/{path}")
+    assert trino_query(stack_env, db, per_hour_sql) == [[0]]
+    catalog.set_partition_location(spec, path, original)
+    assert trino_query(stack_env, db, per_hour_sql) == [[want[(d0, h0)][0]]]

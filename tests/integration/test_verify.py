@@ -3,18 +3,14 @@ object, a deleted object and a gap."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from datetime import UTC, datetime, timedelta
-
 import pytest
 
 from tests.sinkkit import (
-    REPO,
     app_log,
     create_topic,
     encode,
     produce,
+    run_verify,
     start_worker,
     stop_worker,
     wait_committed,
@@ -23,22 +19,6 @@ from tests.sinkkit import (
 
 BUCKET = "lake"
 pytestmark = pytest.mark.timeout(300)
-
-
-def verify(config: object, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    now = datetime.now(UTC)
-    return subprocess.run(
-        [
-            *(sys.executable, "-m", "pipelines.cli", "verify", "--config", str(config)),
-            *("--table", "app_logs", "--from", (now - timedelta(hours=1)).isoformat()),
-            *("--to", (now + timedelta(hours=1)).isoformat()),
-        ],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 async def test_verify_passes_then_finds_duplicates_missing_objects_and_gaps(
@@ -65,7 +45,7 @@ async def test_verify_passes_then_finds_duplicates_missing_objects_and_gaps(
     finally:
         assert stop_worker(worker) == 0
 
-    ok = verify(config, subprocess_env)
+    ok = run_verify(config, subprocess_env)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "rows 2999, dead-lettered 1" in ok.stdout
     assert f"{topic}[0]: offsets 0-1499" in ok.stdout
@@ -75,14 +55,14 @@ async def test_verify_passes_then_finds_duplicates_missing_objects_and_gaps(
     victim = objects[0]
     copy = victim.rsplit("/", 1)[0] + "/copy.parquet"
     s3.copy_object(Bucket=BUCKET, Key=copy, CopySource={"Bucket": BUCKET, "Key": victim})
-    doubled = verify(config, subprocess_env)
+    doubled = run_verify(config, subprocess_env)
     assert doubled.returncode == 1
     assert "DUPLICATE" in doubled.stdout and copy.split("/", 1)[1] in doubled.stdout
     assert f"UNREFERENCED OBJECT: {copy.split('/', 1)[1]}" in doubled.stdout
     s3.delete_object(Bucket=BUCKET, Key=copy)
 
     s3.delete_object(Bucket=BUCKET, Key=victim)
-    gone = verify(config, subprocess_env)
+    gone = run_verify(config, subprocess_env)
     assert gone.returncode == 1
     assert f"MISSING OBJECT: {victim.split('/', 1)[1]}" in gone.stdout
     assert "GAP:" in gone.stdout
@@ -93,6 +73,6 @@ async def test_verify_passes_then_finds_duplicates_missing_objects_and_gaps(
     for m in manifests["Contents"]:
         if name in s3.get_object(Bucket=BUCKET, Key=m["Key"])["Body"].read().decode():
             s3.delete_object(Bucket=BUCKET, Key=m["Key"])
-    gap = verify(config, subprocess_env)
+    gap = run_verify(config, subprocess_env)
     assert gap.returncode == 1
     assert "GAP:" in gap.stdout and "MISSING OBJECT" not in gap.stdout
