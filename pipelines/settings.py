@@ -120,6 +120,18 @@ class CatalogSettings:
 
 
 @dataclass(frozen=True)
+class BackfillSettings:
+    """``sluice backfill warehouse``: how a time range of a table is rebuilt from Kafka."""
+
+    grace_period_seconds: float = 86_400.0
+    """How long the objects a rebuilt hour replaced are kept (queries in flight) (24h)."""
+    chunk_records: int = 200_000
+    """Offsets per unit of work (per Kafka partition); progress is kept per chunk."""
+    parallelism: int = 4
+    """Chunks rebuilt at once by one process (more processes may run the same job)."""
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     """The Prometheus endpoint of each worker."""
 
@@ -138,6 +150,7 @@ class Settings:
     warehouse: WarehouseSettings = field(default_factory=WarehouseSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     catalog: CatalogSettings = field(default_factory=CatalogSettings)
+    backfill: BackfillSettings = field(default_factory=BackfillSettings)
     traces: Any = None
     """The trace router's section, validated by ``pipelines.traces_config``."""
     base_dir: str = "."
@@ -225,6 +238,13 @@ class Settings:
             problems.append(Problem("catalog.lateness", "must not be negative"))
         if c.finalize_interval_seconds <= 0:
             problems.append(Problem("catalog.finalize_interval", "must be positive"))
+        b = self.backfill
+        if b.grace_period_seconds < 0:
+            problems.append(Problem("backfill.grace_period", "must not be negative"))
+        if not 1 <= b.chunk_records <= 100_000_000:
+            problems.append(Problem("backfill.chunk_records", "must be 1..100000000"))
+        if not 1 <= b.parallelism <= 64:
+            problems.append(Problem("backfill.parallelism", "must be 1..64"))
         if c.type != "none" and self.warehouse.root.startswith("file://"):
             problems.append(
                 Problem("catalog.type", "a catalog needs warehouse.root on s3:// (engines read S3)")
@@ -320,6 +340,7 @@ _ALIASES = {
     "session_timeout": "session_timeout_seconds",
     "lateness": "lateness_seconds",
     "finalize_interval": "finalize_interval_seconds",
+    "grace_period": "grace_period_seconds",
 }
 _FIELD_PARSERS: dict[str, Parser] = {
     "memory_budget_bytes": parse_size,
@@ -378,6 +399,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "RotationSettings": RotationSettings,
     "MetricsSettings": MetricsSettings,
     "CatalogSettings": CatalogSettings,
+    "BackfillSettings": BackfillSettings,
 }
 
 
@@ -415,6 +437,7 @@ def parse_settings(
         warehouse=settings.warehouse,
         metrics=settings.metrics,
         catalog=settings.catalog,
+        backfill=settings.backfill,
         traces=settings.traces,
         base_dir=base_dir,
         warehouse_configured=not isinstance(tree, dict) or "warehouse" in tree,

@@ -174,7 +174,15 @@ def build_app(
             location,
         )
         finalizers.append(
-            Finalizer(spec, store, catalog, progress, w.group_id, settings.catalog.lateness_seconds)
+            Finalizer(
+                spec,
+                store,
+                catalog,
+                progress,
+                w.group_id,
+                settings.catalog.lateness_seconds,
+                grace_seconds=settings.backfill.grace_period_seconds,
+            )
         )
         for topic in spec.topics:
             sinks[topic] = writer

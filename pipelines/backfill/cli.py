@@ -1,4 +1,4 @@
-"""``sluice verify --config FILE --table T --from TIME --to TIME``."""
+"""``sluice verify`` and ``sluice backfill warehouse | cleanup | traces``."""
 
 from __future__ import annotations
 
@@ -48,13 +48,89 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _table(args: argparse.Namespace) -> tuple[Any, Any] | None:
+    from pipelines.warehouse import select_tables
+
+    settings = load_settings(args.config)
+    tables = select_tables(settings)
+    if args.table not in tables:
+        print(f"no table {args.table!r}; known: {', '.join(sorted(tables))}", file=sys.stderr)
+        return None
+    return settings, tables[args.table]
+
+
+def _backfill_warehouse(args: argparse.Namespace) -> int:
+    from pipelines.backfill.warehouse_job import run_backfill
+    from pipelines.warehouse import open_root
+
+    found = _table(args)
+    if found is None:
+        return 2
+    settings, spec = found
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    return asyncio.run(
+        run_backfill(
+            settings,
+            spec,
+            open_root(settings),
+            args.since,
+            args.to,
+            say,
+            run_id=args.run_id,
+            dry_run=args.dry_run,
+            parallelism=args.parallelism,
+        )
+    )
+
+
+def _backfill_cleanup(args: argparse.Namespace) -> int:
+    from pipelines.catalog.locations import expire_replaced
+    from pipelines.warehouse import open_root
+
+    found = _table(args)
+    if found is None:
+        return 2
+    settings, spec = found
+    grace = settings.backfill.grace_period_seconds if args.grace is None else args.grace
+    gone = expire_replaced(open_root(settings), spec.name, grace)
+    for prefix in gone:
+        print(f"deleted {prefix}/")
+    print(f"{len(gone)} replaced directories deleted (grace {grace:.0f}s)")
+    return 0
+
+
+def _range_args(p: Any) -> None:
+    p.add_argument("--config", required=True, help="deployment YAML file")
+    p.add_argument("--from", dest="since", required=True, type=parse_time, help="ISO time (UTC)")
+    p.add_argument("--to", required=True, type=parse_time, help="ISO time (UTC), exclusive")
+
+
 def register(sub: Any) -> None:
-    """Add ``verify`` to the ``sluice`` parser."""
+    """Add ``verify`` and ``backfill`` to the ``sluice`` parser."""
+    b = sub.add_parser("backfill", help="rebuild a table's hours from Kafka; replay spans")
+    b_sub = b.add_subparsers(dest="backfill_command", required=True)
+    w = b_sub.add_parser(
+        "warehouse",
+        help="rebuild the hours [--from, --to) of a table from Kafka and swap them in",
+    )
+    _range_args(w)
+    w.add_argument("--table", required=True)
+    w.add_argument("--dry-run", action="store_true", help="show what would be rebuilt")
+    w.add_argument("--run-id", help="name of the run (default: range + contract hash)")
+    w.add_argument("--parallelism", type=int, help="chunks at once (backfill.parallelism)")
+    w.set_defaults(handler=_backfill_warehouse)
+    c = b_sub.add_parser("cleanup", help="delete objects replaced longer than the grace ago")
+    c.add_argument("--config", required=True, help="deployment YAML file")
+    c.add_argument("--table", required=True)
+    c.add_argument("--grace", type=float, help="seconds (default: backfill.grace_period)")
+    c.set_defaults(handler=_backfill_cleanup)
+
     v = sub.add_parser(
         "verify", help="check a table against Kafka: every offset exactly once (exit 1 if not)"
     )
-    v.add_argument("--config", required=True, help="deployment YAML file")
+    _range_args(v)
     v.add_argument("--table", required=True)
-    v.add_argument("--from", dest="since", required=True, type=parse_time, help="ISO time (UTC)")
-    v.add_argument("--to", required=True, type=parse_time, help="ISO time (UTC), exclusive")
     v.set_defaults(handler=_verify)

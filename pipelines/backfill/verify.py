@@ -9,12 +9,15 @@ it names, and the dead-letter topic is read for this table's records.
 
 Reported, each with the objects involved: offsets missing (a gap), offsets present twice (a
 duplicate object or overlapping cuts), objects a manifest names that are gone, and objects
-no manifest names. Cost: one read of every object of the table (two small columns each).
+no manifest names. Hours a backfill swapped in are read from their current generation and
+checked against that run's record; replaced directories are ignored. Cost: one read of every
+current object of the table (two small columns each).
 """
 
 from __future__ import annotations
 
 import io
+import json
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,6 +26,9 @@ from datetime import datetime
 import pyarrow.parquet as pq
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from pipelines.backfill.swap import hour_key
+from pipelines.catalog.finalizer import object_partition
+from pipelines.catalog.locations import all_current, default_prefix
 from pipelines.tables import TableSpec
 from pipelines.writers.manifest import Manifest
 from pipelines.writers.store import ObjectStore
@@ -151,7 +157,18 @@ def verify_table(
     """Check every offset of ``ranges`` against the table's objects, manifests and letters."""
     report = Report(checked=dict(ranges))
     seen: dict[TP, dict[int, list[str]]] = defaultdict(lambda: defaultdict(list))
-    keys = [k for k, _ in store.list(f"{spec.name}/") if k.endswith(".parquet")]
+    swapped = all_current(store, spec.name)
+
+    def current_dir(path: str) -> str:
+        loc = swapped.get(path)
+        return loc.prefix if loc is not None else default_prefix(spec.name, path)
+
+    keys = [
+        k
+        for k, _ in store.list(f"{spec.name}/")
+        if k.endswith(".parquet")
+        and k.rsplit("/", 1)[0] == current_dir(object_partition(k, spec.name))
+    ]
     existing = set(keys)
     for key in keys:
         data = store.get(key)
@@ -165,7 +182,15 @@ def verify_table(
             table.column("_partition").to_pylist(), table.column("_offset").to_pylist(), strict=True
         ):
             seen[(topic, int(p or 0))][int(o or 0)].append(key)
-    referenced: set[str] = set()
+    referenced: set[str] = set()  # as they would be named in the partition's current place
+
+    def named(key: str, rows: int, what: str) -> None:
+        path = object_partition(key, spec.name)
+        here = f"{current_dir(path)}/{key.rsplit('/', 1)[-1]}"
+        referenced.add(here)
+        if here not in existing:
+            report.missing_objects.append(f"{key} ({rows} rows of {what})")
+
     for topic in spec.topics:
         for mkey, _ in store.list(f"_sluice/{spec.name}/manifests/{topic}/"):
             data = store.get(mkey)
@@ -173,12 +198,20 @@ def verify_table(
                 continue
             m = Manifest.from_json(data)
             for entry in m.objects:
-                referenced.add(entry.key)
-                if entry.key not in existing:
-                    report.missing_objects.append(
-                        f"{entry.key} ({entry.rows} rows of {topic}[{m.partition}] "
-                        f"{m.start}-{m.end}, named by {mkey})"
-                    )
+                if object_partition(entry.key, spec.name) in swapped:
+                    # Rebuilt since: only a late copy of this object would be in the generation.
+                    path = object_partition(entry.key, spec.name)
+                    referenced.add(f"{current_dir(path)}/{entry.key.rsplit('/', 1)[-1]}")
+                    continue
+                what = f"{topic}[{m.partition}] {m.start}-{m.end}, named by {mkey}"
+                named(entry.key, entry.rows, what)
+    for path, loc in swapped.items():
+        data = store.get(hour_key(spec.name, loc.run, path))
+        if data is None:
+            report.missing_objects.append(f"{loc.prefix}/ (the record of backfill run {loc.run})")
+            continue
+        for key, rows in json.loads(data)["objects"]:
+            named(str(key), int(rows), f"{path}, backfill run {loc.run}")
     report.unreferenced_objects = sorted(existing - referenced)
     for tp, (lo, hi) in sorted(ranges.items()):
         offsets = seen.get(tp, {})

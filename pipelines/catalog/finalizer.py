@@ -23,6 +23,9 @@ put of ``_sluice/<table>/final/<path>`` (first writer wins, in S3 itself, so it 
 restarts and works across workers). A crash between the marker and the record leaves the
 hour a candidate, and the next pass of any worker completes it.
 
+A cut that writes into a partition a backfill has swapped to a rebuilt generation copies its
+object there too, before the commit (``locations.follow_location``).
+
 Data arriving after finalization is still written (nothing is dropped or dead-lettered for
 it); it is counted in ``sluice_rows_after_final_total`` and logged, so consumers of
 ``_SUCCESS`` can be told to re-run that hour.
@@ -43,6 +46,12 @@ from prometheus_client import Counter
 
 from pipelines.batching.partitions import Cut, CutSink
 from pipelines.catalog.base import FINAL_PARAMETER, Catalog, partition_values
+from pipelines.catalog.locations import (
+    current_prefix,
+    default_prefix,
+    expire_replaced,
+    follow_location,
+)
 from pipelines.tables import TableSpec
 from pipelines.writers.manifest import Manifest, read_manifest
 from pipelines.writers.store import ObjectStore
@@ -107,6 +116,8 @@ class RegisteringSink:
         for entry in manifest.objects:
             path = object_partition(entry.key, self.spec.name)
             rows[path] = rows.get(path, 0) + entry.rows
+            # A partition a backfill swapped out reads from its generation: follow it there.
+            follow_location(self.store, self.spec.name, path, entry.key)
         new = sorted(p for p in rows if p not in self._known)
         if new:
             self.catalog.add_partitions(self.spec, self.location, new)
@@ -160,6 +171,8 @@ class Finalizer:
     group: str
     lateness_seconds: float
     clock: Callable[[], float] = time.time
+    grace_seconds: float | None = None
+    """When set, each pass also deletes what backfills replaced longer ago than this."""
 
     def candidates(self) -> list[str]:
         """Registered partitions without a final record, oldest first."""
@@ -218,10 +231,18 @@ class Finalizer:
                     watermark,
                 )
             done.append(path)
+        if self.grace_seconds is not None:
+            for prefix in await asyncio.to_thread(
+                expire_replaced, self.store, self.spec.name, self.grace_seconds, self.clock
+            ):
+                log.info("%s: deleted %s/ (replaced by a backfill)", self.spec.name, prefix)
         return done
 
     def _mark(self, path: str) -> None:
         self.store.put(success_key(self.spec.name, path), b"")
+        where = current_prefix(self.store, self.spec.name, path)
+        if where != default_prefix(self.spec.name, path):
+            self.store.put(f"{where}/_SUCCESS", b"")
         self.catalog.set_partition_parameters(self.spec, path, {FINAL_PARAMETER: "true"})
 
 

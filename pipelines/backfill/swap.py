@@ -1,0 +1,216 @@
+"""Swapping rebuilt hours in: carry-over, checks, and the one-call location change.
+
+For every hour of the run, once every chunk is done:
+
+1. **Check** (all hours, before any swap): the rows the current objects hold at offsets the
+   run re-read must all reappear in a rebuilt hour or be dead-lettered by the rebuild. Rows
+   that now decode to an hour outside the run would vanish from the table: the job stops
+   and names them (widen ``--from``/``--to``).
+2. **Record** the partition's new location in the store (``locations.record_swap``); from now
+   on live writes into the hour are copied into the generation too.
+3. **Carry over** from the current objects every row at an offset the run did not re-read
+   (records that arrived outside the window), under the object's own name (rows before the
+   range) or named by their first offset (rows after it), then mark ``_SUCCESS`` if the old
+   location had one, and write the hour's record (objects, rows before and after).
+4. **Swap** the catalog partition's location: one metastore call, so a query plans against
+   the old directory or the new one, never both; the old directory is kept for the grace
+   period (``locations.expire_replaced``).
+
+Every step is idempotent, so a killed job redoes the hour and several processes may finish
+the same run at once.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines.backfill.plan import Plan, run_prefix
+from pipelines.backfill.rebuild import ChunkResult
+from pipelines.catalog.base import Catalog
+from pipelines.catalog.locations import (
+    Location,
+    current,
+    default_prefix,
+    generation_prefix,
+    record_swap,
+)
+from pipelines.errors import TerminalError
+from pipelines.tables import TableSpec
+from pipelines.writers.parquet import encode_parquet
+from pipelines.writers.store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+def hour_key(table: str, run: str, path: str) -> str:
+    return f"{run_prefix(table, run)}hours/{path}.json"
+
+
+@dataclass
+class HourSummary:
+    path: str
+    rows_before: int = 0
+    rows_after: int = 0
+    rebuilt: int = 0
+    carried: int = 0
+    objects: list[tuple[str, int]] = field(default_factory=list)
+
+
+def previous_prefix(store: ObjectStore, table: str, run: str, path: str) -> str:
+    """Where the hour lives now (or lived, if this run already recorded its swap)."""
+    loc = current(store, table, path)
+    if loc is None:
+        return default_prefix(table, path)
+    return loc.previous if loc.run == run else loc.prefix
+
+
+def _objects(store: ObjectStore, prefix: str) -> list[str]:
+    """Parquet objects directly in ``prefix`` (not in subdirectories)."""
+    base = prefix + "/"
+    return [k for k, _ in store.list(base) if k.endswith(".parquet") and "/" not in k[len(base) :]]
+
+
+def _source(name: str) -> tuple[str, int, int]:
+    """``<topic>-<partition>-<first>.parquet`` → (topic, partition, first)."""
+    stem = name.removesuffix(".parquet")
+    topic, p, first = stem.rsplit("-", 2)
+    return topic, int(p), int(first)
+
+
+def check_moves(
+    store: ObjectStore, spec: TableSpec, plan: Plan, results: Iterable[ChunkResult]
+) -> tuple[dict[str, int], list[str]]:
+    """Rows per hour now, and the problems of step 1 (see the module docstring)."""
+    rebuilt: dict[tuple[str, int], set[int]] = {}
+    results = list(results)
+    for r in results:
+        for objs in r.objects.values():
+            for key, _ in objs:
+                data = store.get(key)
+                if data is None:
+                    raise TerminalError(f"{key}: a rebuilt object is missing; rerun the job")
+                t = pq.read_table(io.BytesIO(data), columns=["_partition", "_offset"])
+                topic = _source(key.rsplit("/", 1)[-1])[0]
+                part = rebuilt.setdefault((topic, int(t.column("_partition")[0].as_py())), set())
+                part.update(int(o or 0) for o in t.column("_offset").to_pylist())
+    rejected: set[int] = {o for r in results for o in r.rejected}
+    before: dict[str, int] = {}
+    lost: list[str] = []
+    for path in plan.hours:
+        prefix = previous_prefix(store, spec.name, plan.run, path)
+        before[path] = 0
+        for key in _objects(store, prefix):
+            data = store.get(key)
+            if data is None:
+                continue
+            topic, p, _ = _source(key.rsplit("/", 1)[-1])
+            t = pq.read_table(io.BytesIO(data), columns=["_partition", "_offset"])
+            before[path] += t.num_rows
+            span = plan.range_of(topic, p)
+            if span is None:
+                continue
+            have = rebuilt.get((topic, p), set())
+            for o in (int(x or 0) for x in t.column("_offset").to_pylist()):
+                if span[0] <= o < span[1] and o not in have and o not in rejected:
+                    lost.append(f"{topic}[{p}]@{o} (now in {path})")
+    problems = []
+    if lost:
+        problems = [
+            f"{len(lost)} rows of the table's current hours now decode to hours outside "
+            f"--from/--to and would vanish; widen the range. First: {', '.join(lost[:5])}"
+        ]
+    return before, problems
+
+
+def finish_hour(
+    store: ObjectStore,
+    catalog: Catalog,
+    spec: TableSpec,
+    plan: Plan,
+    path: str,
+    rebuilt: list[tuple[str, int]],
+    rows_before: int,
+    location: str,
+) -> HourSummary:
+    """Steps 2-4 for one hour; ``location`` is the table's catalog location."""
+    new = generation_prefix(spec.name, plan.run, path)
+    previous = previous_prefix(store, spec.name, plan.run, path)
+    if not rebuilt and not _objects(store, previous):
+        return HourSummary(path)  # nothing before, nothing now: no partition to swap
+    record_swap(store, spec.name, path, Location(new, plan.run, previous, time.time()))
+    # Fault injection for the resume test (unset in production): SIGKILL after the n-th
+    # hour's location record, before its carry-over and catalog swap.
+    kill_at = int(os.environ.get("SLUICE_FAILPOINT_KILL_AT_SWAP", "0") or 0)
+    if kill_at and plan.hours.index(path) + 1 == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    summary = HourSummary(path, rows_before=rows_before, rebuilt=sum(n for _, n in rebuilt))
+    summary.objects = list(rebuilt)
+    summary.carried, carried = _carry_over(store, plan, previous, new)
+    summary.objects += carried
+    summary.rows_after = summary.rebuilt + summary.carried
+    if store.get(f"{previous}/_SUCCESS") is not None:
+        store.put(f"{new}/_SUCCESS", b"")
+    record = {
+        "rows_before": summary.rows_before,
+        "rows_after": summary.rows_after,
+        "rebuilt": summary.rebuilt,
+        "carried": summary.carried,
+        "objects": [[k, n] for k, n in sorted(summary.objects)],
+        "previous": previous,
+    }
+    store.put(hour_key(spec.name, plan.run, path), json.dumps(record, sort_keys=True).encode())
+    catalog.add_partitions(spec, location, [path])
+    catalog.set_partition_location(spec, path, f"{location}/{new.removeprefix(spec.name + '/')}")
+    return summary
+
+
+def _carry_over(
+    store: ObjectStore, plan: Plan, previous: str, new: str
+) -> tuple[int, list[tuple[str, int]]]:
+    rows, written = 0, []
+    for key in _objects(store, previous):
+        name = key.rsplit("/", 1)[-1]
+        topic, p, _ = _source(name)
+        span = plan.range_of(topic, p)
+        data = store.get(key)
+        if data is None:
+            continue
+        if span is None:
+            n = pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
+            store.put(f"{new}/{name}", data)
+            rows += n
+            written.append((f"{new}/{name}", n))
+            continue
+        table = pq.read_table(io.BytesIO(data))
+        offsets = table.column("_offset")
+        below = pc.less(offsets, pa.scalar(span[0], pa.int64()))
+        above = pc.greater_equal(offsets, pa.scalar(span[1], pa.int64()))
+        outside = pc.or_(below, above)
+        if pc.all(outside).as_py():
+            # Whole objects keep their names: a live copy of the same object is identical.
+            parts: list[tuple[str, pa.Table, bytes | None]] = [(name, table, data)]
+        else:
+            low, high = table.filter(below), table.filter(above)
+            parts = [(name, low, None)]
+            if high.num_rows:
+                first = pc.min(high.column("_offset")).as_py()
+                parts.append((f"{topic}-{p:05d}-{first:020d}.parquet", high, None))
+        for target_name, part, raw in parts:
+            if part.num_rows == 0:
+                continue
+            target = f"{new}/{target_name}"
+            store.put(target, raw if raw is not None else encode_parquet(part))
+            rows += part.num_rows
+            written.append((target, part.num_rows))
+    return rows, written
