@@ -102,6 +102,26 @@ def _backfill_cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backfill_traces(args: argparse.Namespace) -> int:
+    from pipelines.backfill.traces_replay import SpanFilter, replay_traces
+    from pipelines.errors import TerminalError
+    from pipelines.traces import load
+
+    settings = load_settings(args.config)
+    try:
+        wanted = SpanFilter.parse(args.trace_id, args.where)
+    except TerminalError as err:
+        print(err, file=sys.stderr)
+        return 2
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    return asyncio.run(
+        replay_traces(settings, load(settings), args.destination, args.since, args.to, wanted, say)
+    )
+
+
 def _range_args(p: Any) -> None:
     p.add_argument("--config", required=True, help="deployment YAML file")
     p.add_argument("--from", dest="since", required=True, type=parse_time, help="ISO time (UTC)")
@@ -122,6 +142,16 @@ def register(sub: Any) -> None:
     w.add_argument("--run-id", help="name of the run (default: range + contract hash)")
     w.add_argument("--parallelism", type=int, help="chunks at once (backfill.parallelism)")
     w.set_defaults(handler=_backfill_warehouse)
+    t = b_sub.add_parser(
+        "traces", help="replay spans from Kafka into one destination (the router's delivery)"
+    )
+    _range_args(t)
+    t.add_argument("--to-destination", dest="destination", required=True, help="destination name")
+    t.add_argument("--trace-id", help="only this trace (32 hex digits)")
+    t.add_argument(
+        "--where", action="append", default=[], help="key=value (service.name, name, attribute)"
+    )
+    t.set_defaults(handler=_backfill_traces)
     c = b_sub.add_parser("cleanup", help="delete objects replaced longer than the grace ago")
     c.add_argument("--config", required=True, help="deployment YAML file")
     c.add_argument("--table", required=True)
