@@ -103,12 +103,12 @@ def plan_key(table: str, run: str) -> str:
 def hours_between(spec: TableSpec, start: datetime, end: datetime) -> list[str]:
     """The partition paths of ``[start, end)``; both ends must be partition boundaries."""
     step = timedelta(days=1) if spec.partitioning == "daily" else timedelta(hours=1)
-    unit = "day (00:00 UTC)" if spec.partitioning == "daily" else "hour"
+    unit = "a day (00:00 UTC)" if spec.partitioning == "daily" else "an hour"
     for name, t in (("--from", start), ("--to", end)):
         t = t.astimezone(UTC)
         if t.minute or t.second or t.microsecond or (spec.partitioning == "daily" and t.hour):
             raise TerminalError(
-                f"{name} {t.isoformat()} is not on a {unit} boundary: {spec.name} is "
+                f"{name} {t.isoformat()} is not on {unit} boundary: {spec.name} is "
                 f"partitioned {spec.partitioning}; a backfill rebuilds whole partitions"
             )
     if end <= start:
