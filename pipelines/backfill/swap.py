@@ -28,15 +28,16 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.backfill.plan import Plan, run_prefix
-from pipelines.backfill.rebuild import ChunkResult
+from pipelines.backfill.rebuild import Chunk, ChunkResult
 from pipelines.catalog.base import Catalog
 from pipelines.catalog.locations import (
     Location,
@@ -89,22 +90,21 @@ def _source(name: str) -> tuple[str, int, int]:
 
 
 def check_moves(
-    store: ObjectStore, spec: TableSpec, plan: Plan, results: Iterable[ChunkResult]
+    store: ObjectStore, spec: TableSpec, plan: Plan, results: Mapping[Chunk, ChunkResult]
 ) -> tuple[dict[str, int], list[str]]:
     """Rows per hour now, and the problems of step 1 (see the module docstring)."""
-    rebuilt: dict[tuple[str, int], set[int]] = {}
-    results = list(results)
-    for r in results:
+    accounted: dict[tuple[str, int], list[Any]] = {}
+    for (topic, p, _, _), r in results.items():
+        arrays = accounted.setdefault((topic, p), [])
+        arrays.append(pa.array(r.rejected, pa.int64()))
         for objs in r.objects.values():
             for key, _ in objs:
                 data = store.get(key)
                 if data is None:
                     raise TerminalError(f"{key}: a rebuilt object is missing; rerun the job")
-                t = pq.read_table(io.BytesIO(data), columns=["_partition", "_offset"])
-                topic = _source(key.rsplit("/", 1)[-1])[0]
-                part = rebuilt.setdefault((topic, int(t.column("_partition")[0].as_py())), set())
-                part.update(int(o or 0) for o in t.column("_offset").to_pylist())
-    rejected: set[int] = {o for r in results for o in r.rejected}
+                t = pq.read_table(io.BytesIO(data), columns=["_offset"])
+                arrays.append(t.column("_offset").combine_chunks())
+    known = {tp: pa.concat_arrays(arrays) for tp, arrays in accounted.items()}
     before: dict[str, int] = {}
     lost: list[str] = []
     for path in plan.hours:
@@ -115,20 +115,27 @@ def check_moves(
             if data is None:
                 continue
             topic, p, _ = _source(key.rsplit("/", 1)[-1])
-            t = pq.read_table(io.BytesIO(data), columns=["_partition", "_offset"])
-            before[path] += t.num_rows
+            offsets = pq.read_table(io.BytesIO(data), columns=["_offset"]).column("_offset")
+            before[path] += len(offsets)
             span = plan.range_of(topic, p)
             if span is None:
                 continue
-            have = rebuilt.get((topic, p), set())
-            for o in (int(x or 0) for x in t.column("_offset").to_pylist()):
-                if span[0] <= o < span[1] and o not in have and o not in rejected:
-                    lost.append(f"{topic}[{p}]@{o} (now in {path})")
+            inside = offsets.filter(
+                pc.and_(
+                    pc.greater_equal(offsets, pa.scalar(span[0], pa.int64())),
+                    pc.less(offsets, pa.scalar(span[1], pa.int64())),
+                )
+            )
+            have = known.get((topic, p), pa.array([], pa.int64()))
+            gone = inside.filter(pc.invert(pc.is_in(inside, value_set=have)))
+            lost += [f"{topic}[{p}]@{o} (now in {path})" for o in gone.to_pylist()[:5]]
+            if len(gone) > 5:
+                lost += [f"… {len(gone) - 5} more of {topic}[{p}]"]
     problems = []
     if lost:
         problems = [
-            f"{len(lost)} rows of the table's current hours now decode to hours outside "
-            f"--from/--to and would vanish; widen the range. First: {', '.join(lost[:5])}"
+            "rows of the table's current hours now decode to hours outside --from/--to and "
+            f"would vanish; widen the range: {', '.join(lost[:8])}"
         ]
     return before, problems
 
@@ -178,39 +185,35 @@ def finish_hour(
 def _carry_over(
     store: ObjectStore, plan: Plan, previous: str, new: str
 ) -> tuple[int, list[tuple[str, int]]]:
+    """Copy rows of ``previous`` at offsets the run did not re-read into ``new``."""
     rows, written = 0, []
+
+    def put(target_name: str, data: bytes, n: int) -> None:
+        nonlocal rows
+        store.put(f"{new}/{target_name}", data)
+        rows += n
+        written.append((f"{new}/{target_name}", n))
+
     for key in _objects(store, previous):
         name = key.rsplit("/", 1)[-1]
         topic, p, _ = _source(name)
-        span = plan.range_of(topic, p)
         data = store.get(key)
         if data is None:
             continue
-        if span is None:
-            n = pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
-            store.put(f"{new}/{name}", data)
-            rows += n
-            written.append((f"{new}/{name}", n))
-            continue
-        table = pq.read_table(io.BytesIO(data))
-        offsets = table.column("_offset")
+        offsets = pq.read_table(io.BytesIO(data), columns=["_offset"]).column("_offset")
+        span = plan.range_of(topic, p) or (0, 0)
         below = pc.less(offsets, pa.scalar(span[0], pa.int64()))
         above = pc.greater_equal(offsets, pa.scalar(span[1], pa.int64()))
         outside = pc.or_(below, above)
         if pc.all(outside).as_py():
             # Whole objects keep their names: a live copy of the same object is identical.
-            parts: list[tuple[str, pa.Table, bytes | None]] = [(name, table, data)]
-        else:
+            put(name, data, len(offsets))
+        elif pc.any(outside).as_py():  # straddles the range: split what is outside it
+            table = pq.read_table(io.BytesIO(data))
             low, high = table.filter(below), table.filter(above)
-            parts = [(name, low, None)]
+            if low.num_rows:
+                put(name, encode_parquet(low), low.num_rows)
             if high.num_rows:
                 first = pc.min(high.column("_offset")).as_py()
-                parts.append((f"{topic}-{p:05d}-{first:020d}.parquet", high, None))
-        for target_name, part, raw in parts:
-            if part.num_rows == 0:
-                continue
-            target = f"{new}/{target_name}"
-            store.put(target, raw if raw is not None else encode_parquet(part))
-            rows += part.num_rows
-            written.append((target, part.num_rows))
+                put(f"{topic}-{p:05d}-{first:020d}.parquet", encode_parquet(high), high.num_rows)
     return rows, written

@@ -206,7 +206,7 @@ async def _execute(
     if len(results) < len(plan.chunks()):
         say(f"{len(plan.chunks()) - len(results)} chunks are not done; rerun to resume")
         return 1
-    before, problems = await asyncio.to_thread(check_moves, store, spec, plan, results.values())
+    before, problems = await asyncio.to_thread(check_moves, store, spec, plan, results)
     if problems:
         for line in problems:
             say(line)

@@ -18,7 +18,8 @@ from pipelines.backfill.plan import (
     retention_problems,
 )
 from pipelines.backfill.progress import Progress
-from pipelines.backfill.swap import _carry_over
+from pipelines.backfill.rebuild import ChunkResult
+from pipelines.backfill.swap import _carry_over, check_moves
 from pipelines.backfill.traces_replay import SpanFilter
 from pipelines.catalog.locations import (
     Location,
@@ -169,3 +170,20 @@ def test_progress_rate_counts_only_this_process() -> None:
     p.advance(100)
     assert "600/1,000 records (60%) 10 records/s, ETA 0:00:40" in out.getvalue()
     assert json.dumps(p.done) == "600"
+
+
+def test_rows_that_would_leave_the_rebuilt_hours_stop_the_swap(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path.as_uri())
+    name = "logs-{:05d}-{:020d}.parquet".format
+    store.put(f"{T}/{HOUR}/{name(0, 0)}", rows([8, 10, 11, 12, 13]))
+    plan = Plan("r", T, "", "", (HOUR,), {("logs", 0): (10, 20)}, 100)
+    rebuilt = f"{generation_prefix(T, 'r', HOUR)}/{name(0, 10)}"
+    store.put(rebuilt, rows([10, 12]))
+    chunk = ("logs", 0, 10, 20)
+    result = ChunkResult({HOUR: [(rebuilt, 2)]}, 10, [11], 0)
+    before, problems = check_moves(store, SPEC, plan, {chunk: result})
+    assert before == {HOUR: 5}
+    assert len(problems) == 1 and "logs[0]@13 (now in dt=2026-11-25/hr=05)" in problems[0]
+    assert "@11" not in problems[0] and "@8" not in problems[0]  # dead-lettered; not re-read
+    store.put(rebuilt, rows([10, 12, 13]))
+    assert check_moves(store, SPEC, plan, {chunk: result})[1] == []
