@@ -25,8 +25,10 @@ from pipelines.backfill.plan import (
 from pipelines.backfill.progress import Progress
 from pipelines.backfill.rebuild import ChunkBuilder, Fetcher, done_chunks
 from pipelines.backfill.swap import HourSummary, check_moves, finish_hour, previous_prefix
+from pipelines.catalog.base import Catalog
 from pipelines.catalog.locations import check_run_id, expire_replaced
 from pipelines.catalog.registry import open_catalog, table_location
+from pipelines.catalog.sync import sync_tables
 from pipelines.deadletter import DeadLetterWriter
 from pipelines.decoders import get_decoder
 from pipelines.errors import TerminalError
@@ -139,17 +141,32 @@ async def run_backfill(
         describe(store, spec, plan, say)
         say("dry run: nothing written")
         return 0
+    # The fixed contract may add columns: the catalog gets them before any hour is swapped,
+    # and an incompatible contract is refused before any work.
+    catalog = open_catalog(settings)
+    location = table_location(settings, spec)
+    try:
+        for result in await asyncio.to_thread(
+            sync_tables, {spec.name: spec}, store, catalog, {spec.name: location}
+        ):
+            if result.added:
+                say(f"{spec.name}: columns added to the catalog: {', '.join(result.added)}")
+    except TerminalError as err:
+        say(str(err))
+        return 2
     if stored is None:
         await asyncio.to_thread(store.put, plan_key(spec.name, run), plan.to_json(), True)
         standing = await asyncio.to_thread(store.get, plan_key(spec.name, run))
         plan = Plan.from_json(standing or b"")
-    return await _execute(settings, spec, store, plan, say, parallelism)
+    return await _execute(settings, spec, store, catalog, location, plan, say, parallelism)
 
 
 async def _execute(
     settings: Settings,
     spec: TableSpec,
     store: ObjectStore,
+    catalog: Catalog,
+    location: str,
     plan: Plan,
     say: Say,
     parallelism: int | None,
@@ -211,8 +228,6 @@ async def _execute(
         for line in problems:
             say(line)
         return 1
-    catalog = open_catalog(settings)
-    location = table_location(settings, spec)
     summaries: list[HourSummary] = []
     for path in plan.hours:
         rebuilt = [o for r in results.values() for o in r.objects.get(path, [])]

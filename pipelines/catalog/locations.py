@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from pipelines.errors import TerminalError
+from pipelines.errors import TerminalError, TransientError
 from pipelines.writers.store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -122,8 +122,8 @@ def follow_location(store: ObjectStore, table: str, path: str, key: str) -> list
         seen.add(loc.prefix)
         if data is None:
             data = store.get(key)
-            if data is None:
-                raise TerminalError(f"{key} vanished before it could follow its partition")
+            if data is None:  # removed by an expiry meanwhile: the cut is written again
+                raise TransientError(f"{key} vanished before it could follow its partition")
         target = f"{loc.prefix}/{name}"
         store.put(target, data)
         written.append(target)

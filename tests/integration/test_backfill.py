@@ -319,6 +319,7 @@ async def test_a_killed_backfill_resumes_to_the_same_bytes_and_old_data_is_refus
         log,
     )
     assert first.wait(120) == -signal.SIGKILL, log.read_text()
+    assert "app_logs: columns added to the catalog: host" in log.read_text()  # the fix's column
     second = _spawn(
         config, {**subprocess_env, "SLUICE_FAILPOINT_KILL_AT_SWAP": "2"}, start, end, "killed", log
     )
