@@ -111,6 +111,24 @@ class BatchApp(faust.App):
         consumer = cast(faust_aiokafka.Consumer, self.consumer)
         return bool(await consumer._commit_offsets({ensure_TP(tp): offset}))
 
+    async def start_of(self, tp: Any) -> int | None:
+        """The offset a newly owned partition must be read from: the group's committed
+        offset, else the log start (``auto_offset_reset=earliest``)."""
+        from aiokafka import TopicPartition
+
+        thread = cast(Any, self.consumer)._thread
+        consumer = thread._ensure_consumer()
+        atp = TopicPartition(tp.topic, tp.partition)
+        committed = await thread.call_thread(consumer.committed, atp)
+        if committed is not None:
+            return int(committed)
+        begins = await thread.call_thread(consumer.beginning_offsets, [atp])
+        return int(begins[atp])
+
+    async def rewind(self, tp: Any, offset: int) -> None:
+        """Seek ``tp``'s fetch position back to ``offset``."""
+        await self.consumer.seek(ensure_TP(tp), offset)
+
     def add_metrics_page(self) -> None:
         """Serve the Prometheus registry at ``/metrics`` on Faust's web server."""
         from prometheus_client import generate_latest
@@ -181,8 +199,9 @@ def with_failpoint(commit: Committer) -> Committer:
 
     ``SLUICE_FAILPOINT_COMMIT_DELAY=<seconds>`` widens the window between "objects durable" and
     "offset committed", where a crash must lead to an identical rewrite on replay.
-    ``SLUICE_FAILPOINT_KILL_AT_COMMIT=<n>`` SIGKILLs the process just before its n-th commit, so
-    a test can land a crash in that window deterministically.
+    ``SLUICE_FAILPOINT_KILL_AT_COMMIT=<n>`` SIGKILLs the process just before its n-th commit (or
+    the first after it, when a rebalance cancelled the n-th during the delay), so a test can
+    land a crash in that window deterministically.
     """
     delay = float(os.environ.get("SLUICE_FAILPOINT_COMMIT_DELAY", "0") or 0)
     kill_at = int(os.environ.get("SLUICE_FAILPOINT_KILL_AT_COMMIT", "0") or 0)
@@ -196,7 +215,7 @@ def with_failpoint(commit: Committer) -> Committer:
         nth = commits  # commits of several partitions overlap during the delay
         if delay > 0:
             await asyncio.sleep(delay)
-        if nth == kill_at:
+        if kill_at > 0 and nth >= kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
         return await commit(tp, offset)
 

@@ -52,6 +52,12 @@ WRITE_RETRIES = Counter(
     ["topic"],
     registry=REGISTRY,
 )
+REWINDS = Counter(
+    "sluice_rewinds_total",
+    "Newly owned partitions whose first fetch started past the committed offset (re-read)",
+    ["topic"],
+    registry=REGISTRY,
+)
 UPLOAD_SECONDS = Histogram(
     "sluice_upload_seconds",
     "Time to upload one object",

@@ -237,7 +237,9 @@ class TraceRouter:
             queue.observe_breaker()  # open → half-open happens with time, not with traffic
         for table in self.tables.values():
             table.tick()
-        tps: list[Any] = list(self.tracker.parts)
+        for tp, first in self.tracker.unchecked():
+            await self._check_start(tp, first)
+        tps: list[Any] = [tp for tp, p in self.tracker.parts.items() if p.checked]
         for tp in tps:
             offset = self.tracker.committable(tp)
             if offset is not None and offset > self.committed.get(tp, -1):
@@ -249,6 +251,26 @@ class TraceRouter:
         if self.paused and not self._saturated(resume=True):
             self.paused = False
             self.app.resume(self._assigned(self.span_topics))
+
+    async def _check_start(self, tp: Any, first: int) -> None:
+        """A newly owned partition must be read from the committed offset: a fetch position
+        that survived a rebalance would otherwise make its commits skip records."""
+        must = await self.app.start_of(tp)
+        if must is None or first <= must:
+            self.tracker.mark_checked(tp)
+            return
+        log.warning(
+            "%s[%d]: fetched from %d but the group committed %d: re-reading from %d",
+            tp.topic,
+            tp.partition,
+            first,
+            must,
+            must,
+        )
+        self.tracker.drop(tp)
+        for table in self.tables.values():
+            table.drop([tp])
+        await self.app.rewind(tp, must)
 
     def _saturated(self, resume: bool = False) -> bool:
         """Fetching outpaces delivery: *every* destination holds half its queue bound (a
@@ -343,6 +365,8 @@ def _table_factories(
                 app.resume,
                 app.crash_soon,
                 cfg.max_message_bytes,
+                app.start_of,
+                app.rewind,
             )
 
         return make

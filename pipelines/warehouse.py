@@ -196,6 +196,8 @@ def build_app(
         resume=app.resume,
         on_terminal=app.crash_soon,
         record_overhead=RECORD_OVERHEAD_BYTES,
+        start_of=app.start_of,
+        rewind=app.rewind,
     )
     handler = WarehouseHandler(frozenset(sinks), partitions)
     app.subscribe_batches(handler)

@@ -80,6 +80,10 @@ class CutSink(Protocol):
 
 Committer = Callable[[TopicPartition, int], Awaitable[bool]]
 Pauser = Callable[[set[TopicPartition]], None]
+StartOf = Callable[[TopicPartition], Awaitable[int | None]]
+"""Where a newly owned partition must start: the group's committed offset, else the log start."""
+Rewind = Callable[[TopicPartition, int], Awaitable[None]]
+"""Seek the consumer of a partition back to an offset."""
 
 
 @dataclass
@@ -90,6 +94,8 @@ class _State:
     worker: asyncio.Task[None] | None = None
     paused: bool = False
     committed: int | None = None
+    checked: bool = False
+    """Whether the first cut's start was checked against where the partition must start."""
 
 
 class PartitionSet:
@@ -108,8 +114,11 @@ class PartitionSet:
         backoff: tuple[float, float] = (0.2, 30.0),
         clock: Callable[[], float] = time.monotonic,
         record_overhead: int = 0,
+        start_of: StartOf | None = None,
+        rewind: Rewind | None = None,
     ) -> None:
         self.sinks = sinks
+        self._start_of, self._rewind = start_of, rewind
         self.record_overhead = record_overhead
         """Bytes a buffered record costs beyond its value (see warehouse.py for the measured
         figure); counted against the memory budget."""
@@ -235,6 +244,8 @@ class PartitionSet:
             st.wake.clear()
             while st.pending:
                 cut = st.pending[0]
+                if not st.checked and await self._skipped(tp, st, cut):
+                    return
                 try:
                     await sink.write(cut)
                 except CutConflictError as conflict:
@@ -289,6 +300,38 @@ class PartitionSet:
                         self._resume({tp})
                 self._relieve_memory()
 
+    async def _skipped(self, tp: TopicPartition, st: _State, cut: Cut) -> bool:
+        """Guard of a newly owned partition: its first cut must not start past the offset
+        the group committed (or the log start). A consumer whose position survived a
+        rebalance could otherwise deliver records from beyond it, and committing their end
+        would skip the records between. If so, forget the partition and seek back."""
+        if self._start_of is None or self._rewind is None:
+            st.checked = True
+            return False
+        try:
+            must = await self._start_of(tp)
+        except Exception as err:  # unknown: check again before the next attempt
+            log.warning(
+                "%s[%d]: committed offset unknown (%r); checking again", tp.topic, tp.partition, err
+            )
+            await asyncio.sleep(self.backoff[0])
+            return await self._skipped(tp, st, cut) if self.parts.get(tp) is st else True
+        if must is None or cut.start <= must:
+            st.checked = True
+            return False
+        log.warning(
+            "%s[%d]: fetched from %d but the group committed %d: re-reading from %d",
+            tp.topic,
+            tp.partition,
+            cut.start,
+            must,
+            must,
+        )
+        metrics.REWINDS.labels(tp.topic).inc()
+        self._forget(tp)
+        await self._rewind(tp, must)
+        return True
+
     def _reform(self, tp: TopicPartition, st: _State, standing_end: int) -> None:
         """Re-cut so the head cut ends at ``standing_end``, as a previous owner recorded.
 
@@ -321,17 +364,11 @@ class PartitionSet:
         next owner. Returns how many records were discarded."""
         discarded = 0
         for tp in list(tps):
-            st = self.parts.pop(tp, None)
+            st = self.parts.get(tp)
             if st is None:
                 continue
-            n = len(st.buffer.records) + sum(len(c.records) for c in st.pending)
+            n = self._forget(tp)
             discarded += n
-            self.budget.give(
-                self._held(st.buffer.nbytes, len(st.buffer.records))
-                + sum(self._held(c.nbytes, len(c.records)) for c in st.pending)
-            )
-            if st.worker is not None:
-                st.worker.cancel()
             log.info(
                 "%s[%d]: dropped, %d uncommitted records left to the next owner (committed=%s)",
                 tp.topic,
@@ -339,10 +376,22 @@ class PartitionSet:
                 n,
                 st.committed,
             )
+        return discarded
+
+    def _forget(self, tp: TopicPartition) -> int:
+        """Remove a partition's state and its budget share; returns the records held."""
+        st = self.parts.pop(tp)
+        n = len(st.buffer.records) + sum(len(c.records) for c in st.pending)
+        self.budget.give(
+            self._held(st.buffer.nbytes, len(st.buffer.records))
+            + sum(self._held(c.nbytes, len(c.records)) for c in st.pending)
+        )
+        if st.worker is not None and st.worker is not asyncio.current_task():
+            st.worker.cancel()
         if not self.parts:
             self.globally_paused = False
             self.budget.paused = False
-        return discarded
+        return n
 
     async def drain(self, grace_seconds: float) -> None:
         """Cut every buffer and wait (bounded) until written and committed, then drop all."""

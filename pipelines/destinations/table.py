@@ -16,7 +16,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from pipelines.batching.buffer import MemoryBudget, RotationPolicy
-from pipelines.batching.partitions import CutSink, PartitionSet, Pauser
+from pipelines.batching.partitions import CutSink, PartitionSet, Pauser, Rewind, StartOf
 from pipelines.deadletter import DeadLetterWriter
 from pipelines.decoders.spans import SpansDecoder
 from pipelines.tables import TableSpec
@@ -45,6 +45,8 @@ class TableDestination:
         resume: Pauser,
         on_terminal: Callable[[BaseException], None],
         max_message_bytes: int,
+        start_of: StartOf | None = None,
+        rewind: Rewind | None = None,
     ) -> None:
         self.name = name
         self._done = done
@@ -63,6 +65,8 @@ class TableDestination:
             resume=resume,
             on_terminal=on_terminal,
             record_overhead=800,
+            start_of=start_of,
+            rewind=rewind,
         )
         self.waiting: dict[Hashable, deque[tuple[int, int]]] = {}
 

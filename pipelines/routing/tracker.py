@@ -21,6 +21,9 @@ class _Partition:
     """open offsets in arrival (= offset) order"""
     committable: int | None = None
     generation: int = 0
+    first: int = 0
+    """The first offset this owner saw (checked against the committed offset)."""
+    checked: bool = False
 
 
 class OffsetTracker:
@@ -36,7 +39,7 @@ class OffsetTracker:
         part = self.parts.get(tp)
         if part is None:
             self._generations += 1  # a new owner's era: stale done() calls can't match it
-            part = self.parts[tp] = _Partition(generation=self._generations)
+            part = self.parts[tp] = _Partition(generation=self._generations, first=offset)
         if deliveries <= 0:
             if not part.order:
                 part.committable = offset + 1
@@ -62,6 +65,15 @@ class OffsetTracker:
     def committable(self, tp: Hashable) -> int | None:
         part = self.parts.get(tp)
         return part.committable if part else None
+
+    def unchecked(self) -> list[tuple[Hashable, int]]:
+        """Partitions whose first offset was not yet checked, with that offset."""
+        return [(tp, p.first) for tp, p in self.parts.items() if not p.checked]
+
+    def mark_checked(self, tp: Hashable) -> None:
+        part = self.parts.get(tp)
+        if part is not None:
+            part.checked = True
 
     def open_count(self) -> int:
         return sum(len(p.order) for p in self.parts.values())

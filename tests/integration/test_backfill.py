@@ -1,6 +1,7 @@
 """`sluice backfill warehouse` against the real stack: an hour written with a bug is rebuilt
-while the sink runs, readers (Trino through the metastore) see the old hour or the new one
-and never a mix, a killed job resumes to the same bytes, ranges beyond retention are refused.
+while the sink runs; readers (Trino and Spark through the metastore, in loops) see the old
+hour or the new one and never a mix; a killed job resumes to the same bytes; ranges beyond
+retention are refused.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from aiokafka.structs import TopicPartition
 
 from tests.enginekit import trino_query
 from tests.integration.test_catalog import produce_at
+from tests.integration.test_traces import eventually
 from tests.sinkkit import (
     REPO,
     app_log,
@@ -184,7 +186,7 @@ def verify(config: Path, env: dict[str, str], start: int) -> Any:
 
 
 async def test_an_hour_written_with_a_bug_is_rebuilt_while_the_sink_runs(
-    bootstrap, stack_env, s3, unique, tmp_path, subprocess_env
+    bootstrap, stack_env, s3, unique, tmp_path, subprocess_env, spark
 ) -> None:
     topic, group, db = f"{unique}.logs", f"{unique}-g", unique
     h0, rows, config = await written_with_bug(stack_env, unique, tmp_path, subprocess_env)
@@ -197,14 +199,26 @@ async def test_an_hour_written_with_a_bug_is_rebuilt_while_the_sink_runs(
         if f"hr={path_of(h1)[1]}" not in k
     }
 
+    fixed = (n1, n1, n1 - LATE)
     set_contract(config, fixed=True)  # the fix is deployed; the sink keeps running
     live = start_worker(config, tmp_path / "live.log", subprocess_env)
     seen: list[tuple[int, int, int]] = []
+    seen_spark: list[tuple[int, int, int]] = []
     stop = threading.Event()
+    dt, hr = path_of(h1)
 
     def reader() -> None:
         while not stop.is_set():
             seen.append(hour_stats(stack_env, db, h1))
+
+    def spark_reader() -> None:
+        sql = (
+            "select count(*), count(distinct _partition, _offset), count(host) "
+            f"from {db}.app_logs where dt = '{dt}' and hr = '{hr}'"
+        )
+        while not stop.is_set():
+            row = spark.sql(sql).collect()[0]
+            seen_spark.append((int(row[0]), int(row[1]), int(row[2])))
 
     try:
         await asyncio.sleep(3)  # the fixed worker synced the contract: host is a column
@@ -218,14 +232,17 @@ async def test_an_hour_written_with_a_bug_is_rebuilt_while_the_sink_runs(
             )
         )
 
-        thread = threading.Thread(target=reader, daemon=True)
-        thread.start()
+        spark.catalog.refreshTable(f"{db}.app_logs")  # the host column the fix added
+        readers = [threading.Thread(target=f, daemon=True) for f in (reader, spark_reader)]
+        for t in readers:
+            t.start()
+        await eventually(lambda: _assert_true(len(seen) > 1 and len(seen_spark) > 1), 120)
         done = await asyncio.to_thread(backfill, config, subprocess_env, h1, h2)
-        await asyncio.sleep(1.5)
+        await eventually(lambda: _assert_true(seen[-1] == seen_spark[-1] == fixed), 60)
         stop.set()
-        thread.join(30)
+        for t in readers:
+            t.join(60)
         assert done.returncode == 0, done.stdout + done.stderr
-        dt, hr = path_of(h1)
         assert f"dt={dt}/hr={hr}" in done.stdout and "rebuilt" in done.stdout
         summary = next(
             line for line in done.stdout.splitlines() if line.startswith(f"dt={dt}/hr={hr}")
@@ -233,9 +250,9 @@ async def test_an_hour_written_with_a_bug_is_rebuilt_while_the_sink_runs(
         assert summary.split()[1:5] == [str(n1), str(n1), str(n1 - LATE), str(LATE)], summary
 
         # Readers saw the old hour, then the new one; never a mix, never a doubled row.
-        fixed = (n1, n1, n1 - LATE)
-        assert set(seen) <= {(n1, n1, 0), fixed}, sorted(set(seen))
-        assert seen[0] == (n1, n1, 0) and seen[-1] == fixed, (seen[0], seen[-1])
+        for got in (seen, seen_spark):
+            assert set(got) <= {(n1, n1, 0), fixed}, sorted(set(got))
+            assert got[0] == (n1, n1, 0) and got[-1] == fixed, (got[0], got[-1])
         # Other hours untouched, byte for byte; the rebuilt hour corrected.
         after = objects(s3, f"{unique}/app_logs/")
         assert {k: v for k, v in after.items() if k in untouched} == untouched
@@ -268,6 +285,10 @@ async def test_an_hour_written_with_a_bug_is_rebuilt_while_the_sink_runs(
     finally:
         stop.set()
         assert stop_worker(live) == 0
+
+
+def _assert_true(ok: bool) -> None:
+    assert ok
 
 
 def _spawn(

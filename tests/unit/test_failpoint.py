@@ -1,4 +1,4 @@
-"""The crash tests' failpoints: absent by default, and the kill lands on exactly the n-th commit."""
+"""The crash tests' failpoints: absent by default; the kill lands on the n-th commit."""
 
 from __future__ import annotations
 
@@ -49,3 +49,40 @@ def test_kill_lands_on_the_nth_of_overlapping_commits() -> None:
     # the first two commits went through; the third and fourth never did
     assert done.stdout.split("\n")[:2] == ["committed 0", "committed 1"]
     assert "committed 2" not in done.stdout and "committed 3" not in done.stdout
+
+
+CANCELLED_CHILD = """
+import asyncio
+from pipelines.faust_batch import with_failpoint
+
+async def commit(tp, offset):
+    print("committed", tp, flush=True)
+    return True
+
+async def main():
+    faulty = with_failpoint(commit)
+    await faulty(0, 1)
+    await faulty(1, 1)
+    third = asyncio.ensure_future(faulty(2, 1))  # a rebalance cancels it during the delay
+    await asyncio.sleep(0.01)
+    third.cancel()
+    await asyncio.gather(third, return_exceptions=True)
+    print("third cancelled", flush=True)
+    await faulty(3, 1)
+
+asyncio.run(main())
+"""
+
+
+def test_kill_lands_on_the_next_commit_when_the_nth_was_cancelled() -> None:
+    env = {
+        **os.environ,
+        "SLUICE_FAILPOINT_COMMIT_DELAY": "0.05",
+        "SLUICE_FAILPOINT_KILL_AT_COMMIT": "3",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", CANCELLED_CHILD], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr
+    assert done.stdout.split("\n")[:3] == ["committed 0", "committed 1", "third cancelled"]
+    assert "committed 3" not in done.stdout

@@ -492,3 +492,31 @@ def test_buffer_forced_cut_takes_exactly_up_to_the_recorded_end() -> None:
     assert [r.offset for r in taken] == [0, 1, 2, 3]
     assert (buf.start, buf.forced_end, buf.nbytes) == (4, None, 8)
     assert [r.offset for r in buf.records] == [4, 5]
+
+
+async def test_a_new_partition_fetched_past_its_committed_offset_is_re_read_from_there() -> None:
+    """The guard against a fetch position that survived a rebalance: committing the end of
+    a cut that starts past the committed offset would skip the records between."""
+    rewinds: list[tuple[TopicPartition, int]] = []
+    committed_at = {A: 6500, B: 0}
+
+    async def start_of(tp: TopicPartition) -> int | None:
+        return committed_at[tp]
+
+    async def rewind(tp: TopicPartition, offset: int) -> None:
+        rewinds.append((tp, offset))
+
+    async with harness(max_rows=3) as h:
+        h.ps._start_of, h.ps._rewind = start_of, rewind
+        add_each(h, A, recs(9000, 9003))
+        await until(lambda: rewinds == [(A, 6500)])
+        assert h.sink.written == [] and h.committed(A) == []
+        assert A not in h.ps.parts and h.ps.budget.used == 0
+        # Read again from the committed offset: written and committed as usual.
+        add_each(h, A, recs(6500, 6503))
+        await until(lambda: h.committed(A) == [6503])
+        assert h.sink.spans() == [(6500, 6502)]
+        # A replay below the committed offset is fine (the manifests make it identical).
+        add_each(h, B, recs(0, 3))
+        await until(lambda: h.committed(B) == [3])
+        assert rewinds == [(A, 6500)]
