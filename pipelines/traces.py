@@ -260,7 +260,8 @@ class TraceRouter:
             self.tracker.mark_checked(tp)
             return
         log.warning(
-            "%s[%d]: fetched from %d but the group committed %d: re-reading from %d",
+            "%s[%d]: fetched from %d, but the partition must be read from %d (the group's "
+            "committed offset, or the log start): seeking back to %d",
             tp.topic,
             tp.partition,
             first,

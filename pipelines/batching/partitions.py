@@ -320,7 +320,8 @@ class PartitionSet:
             st.checked = True
             return False
         log.warning(
-            "%s[%d]: fetched from %d but the group committed %d: re-reading from %d",
+            "%s[%d]: fetched from %d, but the partition must be read from %d (the group's "
+            "committed offset, or the log start): seeking back to %d",
             tp.topic,
             tp.partition,
             cut.start,
