@@ -31,7 +31,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status
 
 from pipelines.decoders.base import OVERSIZED, UNPARSEABLE
 from pipelines.spans.decode import DEFAULT_LIMITS, SpanLimits, collect, message_error, parse_hex
-from pipelines.spans.model import SERVICE_NAME, DecodedSpans, RejectedSpan, SpanView, to_text
+from pipelines.spans.model import SERVICE_NAME, DecodedSpans, RejectedSpan, SpanView
 
 _KIND_IN = {"SERVER": 2, "CLIENT": 3, "PRODUCER": 4, "CONSUMER": 5}
 _KIND_OUT = {v: k for k, v in _KIND_IN.items()}
@@ -171,14 +171,10 @@ def to_zipkin_json(spans: Iterable[SpanView]) -> bytes:
         endpoint, res_tags, res_keys = cached
         p = span.proto
         tags: list[str] = [res_tags] if res_tags else []
-        slow = _PEER_SERVICE in res_keys
-        for kv in p.attributes:
-            key = kv.key
-            if key in res_keys or key == _PEER_SERVICE:
-                slow = True
-                break
-            value = kv.value
-            tags.append(_q(key) + ":" + _q(value.string_value or to_text(value)))
+        texts = span.attributes_text()  # built once per span, shared with the spans table
+        slow = _PEER_SERVICE in res_keys or _PEER_SERVICE in texts or not res_keys.isdisjoint(texts)
+        if not slow:
+            tags.extend([_q(key) + ":" + _q(text) for key, text in texts.items()])
         if slow:
             parts.append(json.dumps(to_zipkin_dict(span), separators=(",", ":")))
             continue
