@@ -9,12 +9,15 @@ table's cuts encoded by its ``TableWriter`` (``encode``: rows, dt/hr groups, Par
 ``--table decode-again`` is the table path before the router shared its decode (the
 table's decoder parses every message again and re-routes every span). Reports µs per input
 span per stage, the best of ``--runs`` (process CPU time, so another process on the same
-cores matters less than to wall-clock figures).
+cores matters less than to wall-clock figures). The garbage collector is set as in a
+``sluice traces`` process (``pipelines.traces.GC_THRESHOLDS``); ``--default-gc`` keeps
+Python's defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import random
 import time
@@ -27,7 +30,7 @@ from pipelines.batching.partitions import Cut
 from pipelines.decoders.base import Decoder
 from pipelines.spans import SpanLimits, SpanView, get_decoder, to_otlp_proto, to_zipkin_json
 from pipelines.tables import load_tables
-from pipelines.traces import RouteView
+from pipelines.traces import GC_THRESHOLDS, RouteView
 from pipelines.traces_config import load_traces
 from pipelines.writers.table_writer import TableWriter
 from tests.sinkkit import REPO
@@ -56,7 +59,11 @@ def main() -> None:
     parser.add_argument("--table", choices=("routed", "decode-again", "none"), default="routed")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--default-gc", action="store_true", help="Python's GC thresholds")
     args = parser.parse_args()
+    if not args.default_gc:
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
 
     os.environ["BENCH_SLUICE_TABLE"] = "1"  # sluice_config adds the table to every route
     cfg = load_traces(sluice_config(_Stack(), "spans", "bench")["traces"])

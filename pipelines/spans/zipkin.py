@@ -159,6 +159,7 @@ def to_zipkin_json(spans: Iterable[SpanView]) -> bytes:
     takes the dict path."""
     parts: list[str] = []
     resources: dict[int, tuple[str, str, frozenset[str]]] = {}
+    scopes: dict[int, str] = {}
     for span in spans:
         res = span.resource
         cached = resources.get(id(res))
@@ -178,11 +179,11 @@ def to_zipkin_json(spans: Iterable[SpanView]) -> bytes:
         if slow:
             parts.append(json.dumps(to_zipkin_dict(span), separators=(",", ":")))
             continue
-        scope = span.scope
-        if scope.name:
-            tags.append('"otel.scope.name":' + _q(scope.name))
-            if scope.version:
-                tags.append('"otel.scope.version":' + _q(scope.version))
+        scope_tags = scopes.get(id(span.scope))
+        if scope_tags is None:
+            scope_tags = scopes[id(span.scope)] = _scope_tags(span.scope.name, span.scope.version)
+        if scope_tags:
+            tags.append(scope_tags)
         code = span.status_code
         if code == 2:
             tags.append('"error":' + _q(span.status_message or "true"))
@@ -210,6 +211,14 @@ def to_zipkin_json(spans: Iterable[SpanView]) -> bytes:
         out.append("}")
         parts.append("".join(out))
     return ("[" + ",".join(parts) + "]").encode()
+
+
+def _scope_tags(name: str, version: str) -> str:
+    if not name:
+        return ""
+    if not version:
+        return '"otel.scope.name":' + _q(name)
+    return '"otel.scope.name":' + _q(name) + ',"otel.scope.version":' + _q(version)
 
 
 def to_zipkin_dict(span: SpanView) -> dict[str, object]:
