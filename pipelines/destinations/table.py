@@ -54,8 +54,7 @@ class RoutedRecord:
 class RoutedRowsDecoder:
     """The ``RecordsDecoder`` of a table destination: gathers the rows of ``RoutedRecord``s.
 
-    Bad messages are not reported here: the router dead-letters them (``report_rejects``
-    was False in the decoder this replaces)."""
+    Bad messages are not reported here: the router dead-letters them itself."""
 
     def __init__(self, schema: pa.Schema) -> None:
         self.schema = schema
