@@ -23,6 +23,13 @@ class SourceRecord(Protocol):
     def value(self) -> bytes | None: ...
 
 
+def held_bytes(rec: SourceRecord) -> int:
+    """Bytes a buffered record holds: its value, or its ``nbytes`` when it has one (the trace
+    router's table records also hold their decoded rows)."""
+    n: int | None = getattr(rec, "nbytes", None)
+    return len(rec.value or b"") if n is None else n
+
+
 @dataclass(frozen=True)
 class RotationPolicy:
     """Cut when any limit is reached. Age counts from the first buffered record's arrival."""
@@ -52,7 +59,7 @@ class PartitionBuffer:
             if not self.records:
                 self.first_arrival = now
             self.records.append(rec)
-            self.nbytes += len(rec.value or b"")
+            self.nbytes += held_bytes(rec)
 
     @property
     def end(self) -> int | None:
@@ -86,7 +93,7 @@ class PartitionBuffer:
         taken, self.records = self.records[:n], self.records[n:]
         if not taken:
             return taken
-        self.nbytes -= sum(len(r.value or b"") for r in taken)
+        self.nbytes -= sum(held_bytes(r) for r in taken)
         self.start = taken[-1].offset + 1
         self.forced_end = None
         self.first_arrival = now if self.records else 0.0

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Final, Protocol, runtime_checkable
 
 import pyarrow as pa
+
+from pipelines.batching.buffer import SourceRecord
 
 UNPARSEABLE: Final = "unparseable"
 SCHEMA_VIOLATION: Final = "schema_violation"
@@ -54,4 +56,14 @@ class Decoder(Protocol):
 
     def decode(self, values: Sequence[bytes]) -> DecodedBatch:
         """Decode one batch. Pure and thread-safe: no I/O, no state between calls."""
+        ...
+
+
+@runtime_checkable
+class RecordsDecoder(Decoder, Protocol):
+    """A decoder that reads whole records rather than their values: the trace router's
+    ``table`` destination, whose rows were built when the router decoded each record."""
+
+    def decode_records(self, records: Sequence[SourceRecord]) -> DecodedBatch:
+        """As ``decode``, with ``indices`` and rejects positions in ``records``."""
         ...

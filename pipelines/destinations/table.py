@@ -2,8 +2,10 @@
 
 It is the warehouse sink's machinery inside the router: a ``PartitionSet`` cuts the span
 topic's records (every record, so cuts stay contiguous) and a ``TableWriter`` writes each cut
-through the manifest protocol, with a ``SpansDecoder`` that keeps only the spans the routing
-table sends to this destination (routing is deterministic, so a replay keeps the same spans).
+through the manifest protocol. The spans are not decoded a second time: the router hands
+``add`` the spans it decoded and routed here, ``add`` turns each fetched batch's spans into
+Arrow rows at once (one ``to_arrow`` call per batch), and every record carries its slice of
+those rows into its cut. Routing is deterministic, so a replay builds the same rows.
 A message routed here is *done* for this destination when the cut holding it is durable; the
 router commits only then, so a crash replays it and the manifest makes the rewrite identical.
 """
@@ -12,19 +14,98 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from pipelines.batching.buffer import MemoryBudget, RotationPolicy
+import pyarrow as pa
+
+from pipelines.batching.buffer import MemoryBudget, RotationPolicy, SourceRecord
 from pipelines.batching.partitions import CutSink, PartitionSet, Pauser, Rewind, StartOf
 from pipelines.deadletter import DeadLetterWriter
-from pipelines.decoders.spans import SpansDecoder
+from pipelines.decoders.base import DecodedBatch
+from pipelines.spans import SpanView
+from pipelines.spans.table import to_arrow
 from pipelines.tables import TableSpec
 from pipelines.writers.store import ObjectStore
 from pipelines.writers.table_writer import TableWriter
 
 log = logging.getLogger(__name__)
 Done = Callable[[Hashable, int, int], None]
+# What one buffered record costs beyond its value and rows (the warehouse's figure).
+RECORD_OVERHEAD_BYTES = 800
+
+
+@dataclass(frozen=True, slots=True)
+class RoutedRecord:
+    """A span-topic record with its rows: ``rows[first : first + count]`` are the spans of
+    this record that the router sent to the table (``rows`` is shared by its fetched batch)."""
+
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    rows: pa.Table
+    first: int
+    count: int
+    nbytes: int
+    """The value's bytes plus this record's share of ``rows`` (for the memory budget)."""
+
+
+class RoutedRowsDecoder:
+    """The ``RecordsDecoder`` of a table destination: gathers the rows of ``RoutedRecord``s.
+
+    Bad messages are not reported here: the router dead-letters them itself."""
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.schema = schema
+
+    def decode(self, values: Sequence[bytes]) -> DecodedBatch:
+        if values:
+            raise TypeError("a table destination's rows come with its records (decode_records)")
+        return DecodedBatch(self.schema.empty_table(), [])
+
+    def decode_records(self, records: Sequence[SourceRecord]) -> DecodedBatch:
+        pieces: list[pa.Table] = []
+        indices: list[int] = []
+        run: pa.Table | None = None
+        lo = hi = 0
+        for i, rec in enumerate(records):
+            if not isinstance(rec, RoutedRecord):
+                raise TypeError(f"not a RoutedRecord: {type(rec).__name__}")
+            if not rec.count:
+                continue
+            indices.extend([i] * rec.count)
+            if rec.rows is run and rec.first == hi:  # records of one batch: one slice
+                hi += rec.count
+                continue
+            if run is not None:
+                pieces.append(run.slice(lo, hi - lo))
+            run, lo, hi = rec.rows, rec.first, rec.first + rec.count
+        if run is not None:
+            pieces.append(run.slice(lo, hi - lo))
+        if not pieces:
+            return DecodedBatch(self.schema.empty_table(), [])
+        return DecodedBatch(pa.concat_tables(pieces), indices)
+
+
+def routed_records(
+    records: Sequence[Any], shares: Sequence[Sequence[SpanView]], schema: pa.Schema
+) -> list[SourceRecord]:
+    """``records`` as ``RoutedRecord``s: the spans of every share become rows of ``schema``
+    in one ``to_arrow`` call, and each record keeps its slice."""
+    spans = [span for share in shares for span in share]
+    rows = to_arrow(spans, schema) if spans else schema.empty_table()
+    per_row = rows.nbytes / max(1, rows.num_rows)
+    routed: list[SourceRecord] = []
+    first = 0
+    for rec, share in zip(records, shares, strict=True):
+        n, value = len(share), rec.value
+        held = len(value or b"") + int(n * per_row)
+        routed.append(
+            RoutedRecord(rec.offset, getattr(rec, "key", None), value, rows, first, n, held)
+        )
+        first += n
+    return routed
 
 
 class TableDestination:
@@ -34,8 +115,7 @@ class TableDestination:
         self,
         name: str,
         spec: TableSpec,
-        encodings: dict[str, str],
-        keep: Callable[[str, Any], bool],
+        topics: Sequence[str],
         store: ObjectStore,
         dead_letters: DeadLetterWriter,
         policy: RotationPolicy,
@@ -49,13 +129,13 @@ class TableDestination:
         rewind: Rewind | None = None,
     ) -> None:
         self.name = name
+        self.schema = spec.arrow_schema
         self._done = done
-        sinks: dict[str, CutSink] = {}
-        for topic, encoding in encodings.items():
-            decoder = SpansDecoder(
-                spec, encoding, keep=lambda span: keep(name, span), report_rejects=False
-            )
-            sinks[topic] = TableWriter(spec, decoder, store, "", dead_letters, max_message_bytes)
+        decoder = RoutedRowsDecoder(self.schema)
+        sinks: dict[str, CutSink] = {
+            topic: TableWriter(spec, decoder, store, "", dead_letters, max_message_bytes)
+            for topic in topics
+        }
         self.partitions = PartitionSet(
             sinks,
             policy,
@@ -64,18 +144,25 @@ class TableDestination:
             pause=pause,
             resume=resume,
             on_terminal=on_terminal,
-            record_overhead=800,
+            record_overhead=RECORD_OVERHEAD_BYTES,
             start_of=start_of,
             rewind=rewind,
         )
         self.waiting: dict[Hashable, deque[tuple[int, int]]] = {}
 
-    def add(self, tp: Any, records: list[Any], selected: list[tuple[int, int]]) -> None:
-        """Buffer ``records``; ``selected`` are the (offset, generation) of the messages
-        that have spans routed here: they are done when their cut is durable."""
+    def add(
+        self,
+        tp: Any,
+        records: Sequence[Any],
+        shares: Sequence[Sequence[SpanView]],
+        selected: list[tuple[int, int]],
+    ) -> None:
+        """Buffer ``records``; ``shares[i]`` are the spans of ``records[i]`` routed here.
+        ``selected`` are the (offset, generation) of the messages that have spans routed
+        here: they are done when their cut is durable."""
         if selected:
             self.waiting.setdefault(tp, deque()).extend(selected)
-        self.partitions.add(tp, records)
+        self.partitions.add(tp, routed_records(records, shares, self.schema))
 
     async def _committed(self, tp: Any, next_offset: int) -> bool:
         queue = self.waiting.get(tp)

@@ -106,8 +106,41 @@ def _jsonable(v: AttrValue) -> object:
     return v
 
 
+class _ResourceAttributes:
+    """A resource's attributes converted once per process, not once per message: producers
+    send the same few resources over and over (one per pod). Keyed by ``ResourceView.key``;
+    the cache is bounded by dropping everything when full. Values are shared: never mutate."""
+
+    MAX_ENTRIES = 4096
+
+    def __init__(self) -> None:
+        self.values: dict[bytes, dict[str, AttrValue]] = {}
+        self.texts: dict[bytes, dict[str, str]] = {}
+
+    def value(self, key: bytes, resource: ResourceSpans) -> dict[str, AttrValue]:
+        got = self.values.get(key)
+        if got is None:
+            if len(self.values) >= self.MAX_ENTRIES:
+                self.values.clear()
+            got = {kv.key: to_python(kv.value) for kv in resource.resource.attributes}
+            self.values[key] = got
+        return got
+
+    def text(self, key: bytes, resource: ResourceSpans) -> dict[str, str]:
+        got = self.texts.get(key)
+        if got is None:
+            if len(self.texts) >= self.MAX_ENTRIES:
+                self.texts.clear()
+            got = self.texts[key] = attributes_text(resource.resource.attributes)
+        return got
+
+
+_RESOURCES = _ResourceAttributes()
+
+
 class ResourceView:
-    """One ``ResourceSpans``' resource, shared by its spans; attributes read once, on demand."""
+    """One ``ResourceSpans``' resource, shared by its spans; attributes read once, on demand
+    (and converted once per process for a resource seen before: ``_ResourceAttributes``)."""
 
     __slots__ = ("_attrs", "_key", "_service", "_texts", "proto")
 
@@ -121,14 +154,14 @@ class ResourceView:
     @property
     def attributes(self) -> Mapping[str, AttrValue]:
         if self._attrs is None:
-            self._attrs = {kv.key: to_python(kv.value) for kv in self.proto.resource.attributes}
+            self._attrs = _RESOURCES.value(self.key, self.proto)
         return self._attrs
 
     @property
     def attributes_text(self) -> Mapping[str, str]:
         """Attributes as strings (see ``to_text``), for tables and Zipkin tags."""
         if self._texts is None:
-            self._texts = attributes_text(self.proto.resource.attributes)
+            self._texts = _RESOURCES.text(self.key, self.proto)
         return self._texts
 
     @property
@@ -192,6 +225,7 @@ class SpanView:
         "scope",
         "span_id",
         "start_ns",
+        "texts",
         "trace_id",
     )
 
@@ -218,6 +252,8 @@ class SpanView:
         self.start_ns = start_ns
         self.end_ns = end_ns
         self._attrs: dict[str, AttrValue] | None = None
+        self.texts: dict[str, str] | None = None
+        """``attributes_text()`` once built (by it or by ``table.to_arrow``); never mutated."""
 
     @property
     def name(self) -> str:
@@ -248,9 +284,12 @@ class SpanView:
             self._attrs = {kv.key: to_python(kv.value) for kv in self.proto.attributes}
         return self._attrs
 
-    def attributes_text(self) -> dict[str, str]:
-        """All span attributes as strings (see ``to_text``); built on each call."""
-        return attributes_text(self.proto.attributes)
+    def attributes_text(self) -> Mapping[str, str]:
+        """All span attributes as strings (see ``to_text``), built once: the table and the
+        Zipkin encoder of one span share it."""
+        if self.texts is None:
+            self.texts = attributes_text(self.proto.attributes)
+        return self.texts
 
     def attribute(self, key: str) -> AttrValue:
         """One span attribute without converting the others; ``None`` when absent."""

@@ -89,15 +89,33 @@ def to_arrow(
     attrs, event_attrs, link_attrs = _Maps(), _Maps(), _Maps()
     ev: dict[str, list[Any]] = {"time": [], "name": [], "dropped": [], "offsets": [0]}
     lk: dict[str, list[Any]] = {"tid": [], "sid": [], "state": [], "dropped": [], "offsets": [0]}
+    keys, texts_out, key_offsets = attrs.keys, attrs.values, attrs.offsets
     for row, s in enumerate(spans):
         p = s.proto
-        texts: dict[str, str] = {}
-        for kv in p.attributes:
-            key, value = kv.key, kv.value
-            texts[key] = value.string_value or to_text(value)
-            if key in hot:
-                hot[key].append((row, to_python(value)))
-        attrs.add(texts)
+        texts = s.texts
+        if texts is None:
+            # One pass over the attributes: their texts (kept on the view for the Zipkin
+            # encoder) and the hot values; a non-empty string_value is the value itself.
+            texts = {}
+            for kv in p.attributes:
+                key, value = kv.key, kv.value
+                text = value.string_value
+                if text:
+                    texts[key] = text
+                    if key in hot:
+                        hot[key].append((row, text))
+                else:
+                    texts[key] = to_text(value)
+                    if key in hot:
+                        hot[key].append((row, to_python(value)))
+            s.texts = texts
+        else:  # built by another encoder: read the hot values (the last of a repeated key)
+            for key, pairs in hot.items():
+                if key in texts:
+                    pairs.append((row, s.attributes.get(key)))
+        keys.extend(texts)
+        texts_out.extend(texts.values())
+        key_offsets.append(len(keys))
         state.append(p.trace_state or None)
         flags.append(p.flags)
         name.append(p.name)
@@ -226,8 +244,12 @@ def _shared(spans: Sequence[SpanView]) -> dict[str, Arr]:
 
 def _promoted(pairs: list[tuple[int, AttrValue]], n: int, type_: pa.DataType) -> Arr:
     values: list[object] = [None] * n
-    for row, value in pairs:
-        values[row] = _convert(value, type_)
+    if pa.types.is_string(type_):  # the common case, without a call per value
+        for row, value in pairs:
+            values[row] = value if isinstance(value, str) else _convert(value, type_)
+    else:
+        for row, value in pairs:
+            values[row] = _convert(value, type_)
     return pa.array(values, type_)
 
 

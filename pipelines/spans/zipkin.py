@@ -31,7 +31,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status
 
 from pipelines.decoders.base import OVERSIZED, UNPARSEABLE
 from pipelines.spans.decode import DEFAULT_LIMITS, SpanLimits, collect, message_error, parse_hex
-from pipelines.spans.model import SERVICE_NAME, DecodedSpans, RejectedSpan, SpanView, to_text
+from pipelines.spans.model import SERVICE_NAME, DecodedSpans, RejectedSpan, SpanView
 
 _KIND_IN = {"SERVER": 2, "CLIENT": 3, "PRODUCER": 4, "CONSUMER": 5}
 _KIND_OUT = {v: k for k, v in _KIND_IN.items()}
@@ -41,6 +41,7 @@ _OK = Status.StatusCode.ValueType(1)
 _ERROR = Status.StatusCode.ValueType(2)
 _PEER_SERVICE = "peer.service"
 _STATUS_TAGS = ("error", "otel.status_code", "otel.status_description")
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class ZipkinJsonDecoder:
@@ -159,6 +160,7 @@ def to_zipkin_json(spans: Iterable[SpanView]) -> bytes:
     takes the dict path."""
     parts: list[str] = []
     resources: dict[int, tuple[str, str, frozenset[str]]] = {}
+    scopes: dict[int, str] = {}
     for span in spans:
         res = span.resource
         cached = resources.get(id(res))
@@ -171,22 +173,18 @@ def to_zipkin_json(spans: Iterable[SpanView]) -> bytes:
         endpoint, res_tags, res_keys = cached
         p = span.proto
         tags: list[str] = [res_tags] if res_tags else []
-        slow = _PEER_SERVICE in res_keys
-        for kv in p.attributes:
-            key = kv.key
-            if key in res_keys or key == _PEER_SERVICE:
-                slow = True
-                break
-            value = kv.value
-            tags.append(_q(key) + ":" + _q(value.string_value or to_text(value)))
+        texts = span.attributes_text()  # built once per span, shared with the spans table
+        slow = _PEER_SERVICE in res_keys or _PEER_SERVICE in texts or not res_keys.isdisjoint(texts)
+        if not slow and texts:
+            tags.append(_dumps(texts)[1:-1])  # one C call for every tag of the span
         if slow:
             parts.append(json.dumps(to_zipkin_dict(span), separators=(",", ":")))
             continue
-        scope = span.scope
-        if scope.name:
-            tags.append('"otel.scope.name":' + _q(scope.name))
-            if scope.version:
-                tags.append('"otel.scope.version":' + _q(scope.version))
+        scope_tags = scopes.get(id(span.scope))
+        if scope_tags is None:
+            scope_tags = scopes[id(span.scope)] = _scope_tags(span.scope.name, span.scope.version)
+        if scope_tags:
+            tags.append(scope_tags)
         code = span.status_code
         if code == 2:
             tags.append('"error":' + _q(span.status_message or "true"))
@@ -214,6 +212,14 @@ def to_zipkin_json(spans: Iterable[SpanView]) -> bytes:
         out.append("}")
         parts.append("".join(out))
     return ("[" + ",".join(parts) + "]").encode()
+
+
+def _scope_tags(name: str, version: str) -> str:
+    if not name:
+        return ""
+    if not version:
+        return '"otel.scope.name":' + _q(name)
+    return '"otel.scope.name":' + _q(name) + ',"otel.scope.version":' + _q(version)
 
 
 def to_zipkin_dict(span: SpanView) -> dict[str, object]:

@@ -2,7 +2,8 @@
 
 ``TableWriter.write(cut)`` does, in order (docs/design.md, "Exactly once"):
 
-1. Decode the cut's values into Arrow (vectorized; bad values become dead letters).
+1. Decode the cut's values into Arrow (vectorized; bad values become dead letters), or, for
+   a ``RecordsDecoder``, gather the rows its records already carry (the trace router's).
 2. Apply the table's late/early window against the cut's reference time, which is the
    manifest's ``cut_time`` when a previous owner recorded one, so replays decide the same.
 3. Group rows by ``dt``/``hr`` and encode one Parquet object per group, each named
@@ -30,7 +31,7 @@ import pyarrow.compute as pc
 from pipelines import metrics
 from pipelines.batching.partitions import Cut, CutConflictError
 from pipelines.deadletter import DeadLetter, DeadLetterWriter
-from pipelines.decoders.base import Decoder
+from pipelines.decoders.base import Decoder, RecordsDecoder
 from pipelines.tables import TableSpec
 from pipelines.writers.layout import object_key, partition_groups
 from pipelines.writers.manifest import Manifest, ObjectEntry, claim, read_manifest
@@ -162,7 +163,10 @@ class TableWriter:
                 values.append(value)
         tables, positions = [], []
         for lo, hi in _chunks(values, DECODE_CHUNK_BYTES):
-            decoded = self.decoder.decode(values[lo:hi])
+            if isinstance(self.decoder, RecordsDecoder):  # rows built upstream (the router)
+                decoded = self.decoder.decode_records([cut.records[i] for i in keep[lo:hi]])
+            else:
+                decoded = self.decoder.decode(values[lo:hi])
             if decoded.unknown_fields_dropped:
                 metrics.UNKNOWN_FIELDS_DROPPED.labels(spec.name).inc(decoded.unknown_fields_dropped)
             for rej in decoded.rejected:

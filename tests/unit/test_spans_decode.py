@@ -454,3 +454,22 @@ def test_fast_zipkin_writer_equals_the_reference_mapping() -> None:
     reference = [_json.loads(_json.dumps(to_zipkin_dict(s))) for s in spans]
     assert fast == reference
     assert any("remoteEndpoint" in s for s in fast)
+
+
+def test_resource_attributes_are_converted_once_per_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pipelines.spans import model
+
+    value = build_request().SerializeToString()
+    one, two = (list(get_decoder().decode(value, NOW).batch) for _ in range(2))
+    assert one[0].resource is not two[0].resource  # one view per message...
+    assert one[0].resource.attributes is two[0].resource.attributes  # ...one conversion
+    assert one[0].resource.attributes_text is two[0].resource.attributes_text
+    assert one[0].resource.attributes_text != one[-1].resource.attributes_text
+    cache = model._ResourceAttributes()
+    monkeypatch.setattr(model, "_RESOURCES", cache)
+    monkeypatch.setattr(cache, "MAX_ENTRIES", 1)
+    first, last = (list(get_decoder().decode(value, NOW).batch)[i].resource for i in (0, -1))
+    assert first.service_name == "checkout" and last.service_name == "payments"
+    assert len(cache.values) == 1  # bounded: full, it starts over

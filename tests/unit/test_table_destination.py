@@ -1,0 +1,128 @@
+"""The router's ``table`` destination reuses the router's decode: its cuts must encode exactly
+as a second decode of the same records (with the routing filter) would."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.batching.buffer import PartitionBuffer, SourceRecord
+from pipelines.batching.partitions import Cut
+from pipelines.decoders.spans import SpansDecoder
+from pipelines.destinations.table import RoutedRecord, RoutedRowsDecoder, routed_records
+from pipelines.spans import SpanView, get_decoder, to_zipkin_json
+from pipelines.spans.table import to_arrow
+from pipelines.tables import TableSpec, load_table
+from pipelines.writers.table_writer import EncodedCut, TableWriter
+from tests.unit.test_spans_decode import NOW, build_request
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+CUT_TIME = NOW // 10**9
+
+
+@dataclass(frozen=True)
+class Rec:
+    offset: int
+    value: bytes | None
+    key: bytes | None = None
+
+
+@pytest.fixture(scope="module")
+def spec() -> TableSpec:
+    return load_table(SCHEMAS / "spans.yaml")
+
+
+def keep(span: SpanView) -> bool:
+    """A stand-in for the routing table: deterministic, drops some spans of each message."""
+    return span.span_id[-1] % 3 != 0
+
+
+def records() -> list[Rec]:
+    out = []
+    for i in range(7):
+        req = build_request(spans_per_scope=2 + i % 3)
+        for rs in req.resource_spans:
+            for ss in rs.scope_spans:
+                for span in ss.spans:  # distinct ids per message
+                    span.span_id = bytes([i + 1]) + span.span_id[1:]
+        out.append(Rec(100 + i, req.SerializeToString(), key=b"k%d" % i))
+    out.insert(3, Rec(103, b"\xff garbage"))  # unparseable: no rows, still in the cut
+    out.insert(5, Rec(105, None))  # a tombstone: dead-lettered by the writer
+    return [Rec(200 + i, r.value, r.key) for i, r in enumerate(out)]
+
+
+def route(recs: list[Rec]) -> list[list[SpanView]]:
+    decoder = get_decoder()
+    return [[s for s in decoder.decode(r.value or b"", NOW).batch.spans if keep(s)] for r in recs]
+
+
+def encode(spec: TableSpec, decoder: Any, recs: list[Any]) -> EncodedCut:
+    writer = TableWriter(spec, decoder, None, "", None, 1 << 20)  # type: ignore[arg-type]
+    return writer.encode(Cut("spans.in", 2, recs[0].offset, recs, "age", 0, 0.0), CUT_TIME)
+
+
+def test_routed_rows_encode_like_a_second_decode(spec: TableSpec) -> None:
+    recs = records()
+    again = encode(spec, SpansDecoder(spec, "otlp_proto", keep, report_rejects=False), recs)
+    # Two fetched batches, each turned into rows at once; the cut spans both.
+    shares = route(recs)
+    routed = routed_records(recs[:4], shares[:4], spec.arrow_schema) + routed_records(
+        recs[4:], shares[4:], spec.arrow_schema
+    )
+    shared = encode(spec, RoutedRowsDecoder(spec.arrow_schema), routed)
+    assert [o.key for o in shared.objects] == [o.key for o in again.objects]
+    assert sum(o.rows for o in shared.objects) == sum(len(s) for s in shares) > 0
+    for mine, theirs in zip(shared.objects, again.objects, strict=True):
+        got = pq.read_table(io.BytesIO(mine.data))
+        assert got.equals(pq.read_table(io.BytesIO(theirs.data)))
+        assert got.column("_offset").to_pylist() == sorted(got.column("_offset").to_pylist())
+    assert [(d.offset, d.reason) for d in shared.letters] == [
+        (d.offset, d.reason) for d in again.letters
+    ]
+
+
+def test_a_cut_may_end_inside_a_fetched_batch(spec: TableSpec) -> None:
+    recs = records()
+    routed = routed_records(recs, route(recs), spec.arrow_schema)
+    decoder = RoutedRowsDecoder(spec.arrow_schema)
+    first, rest = decoder.decode_records(routed[:6]), decoder.decode_records(routed[6:])
+    whole = decoder.decode_records(routed)
+    assert first.table.num_rows + rest.table.num_rows == whole.table.num_rows
+    assert first.indices + [6 + i for i in rest.indices] == whole.indices
+    assert decoder.decode([]).table.num_rows == 0
+    with pytest.raises(TypeError):
+        decoder.decode_records([Rec(1, b"")])
+
+
+def test_routed_records_count_their_rows_against_the_memory_budget(spec: TableSpec) -> None:
+    recs = records()
+    routed = routed_records(recs, route(recs), spec.arrow_schema)
+    assert all(isinstance(r, RoutedRecord) for r in routed)
+    values = sum(len(r.value or b"") for r in recs)
+    rows = routed[0].rows if isinstance(routed[0], RoutedRecord) else None
+    assert rows is not None
+    buffer = PartitionBuffer(start=0)
+    buffer.add(routed, 0.0)
+    assert buffer.nbytes == sum(r.nbytes for r in routed if isinstance(r, RoutedRecord))
+    assert values < buffer.nbytes <= values + rows.nbytes
+    buffer.cut(1.0)
+    assert buffer.nbytes == 0
+    plain: list[SourceRecord] = list(recs)
+    buffer = PartitionBuffer(start=0)
+    buffer.add(plain, 2.0)
+    assert buffer.nbytes == values  # a plain record holds its value only
+
+
+def test_rows_are_the_same_when_zipkin_built_the_attribute_texts_first(spec: TableSpec) -> None:
+    value = build_request().SerializeToString()
+    fresh = list(get_decoder().decode(value, NOW).batch)
+    seen = list(get_decoder().decode(value, NOW).batch)
+    to_zipkin_json(seen)  # fills SpanView.texts
+    assert all(s.texts is not None for s in seen)
+    assert to_arrow(seen, spec.arrow_schema).equals(to_arrow(fresh, spec.arrow_schema))
+    assert [s.texts for s in fresh] == [s.texts for s in seen]  # to_arrow filled them too
