@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from pipelines.catalog.registry import open_catalog, table_location
 from pipelines.catalog.sync import sync_tables
 from pipelines.deadletter import DeadLetterWriter
 from pipelines.decoders import get_decoder
-from pipelines.errors import ConfigError, Problem
+from pipelines.errors import ConfigError, Problem, TransientError
 from pipelines.faust_batch import BatchApp, with_failpoint
 from pipelines.settings import Settings
 from pipelines.tables import TableSpec, load_tables
@@ -151,7 +152,16 @@ def build_app(
     catalog = open_catalog(settings)
     if settings.catalog.sync_on_start:
         locations = {n: table_location(settings, t) for n, t in tables.items()}
-        for result in sync_tables(tables, store, catalog, locations):
+        for attempt in range(1, 7):
+            try:
+                results = sync_tables(tables, store, catalog, locations)
+                break
+            except TransientError as err:  # the metastore restarting: wait, then fail loudly
+                if attempt == 6:
+                    raise
+                log.warning("catalog sync failed (attempt %d), retrying: %s", attempt, err)
+                time.sleep(min(2**attempt, 20))
+        for result in results:
             if result.added:
                 log.info("%s: columns added: %s", result.table, ", ".join(result.added))
     finalizers: list[Finalizer] = []

@@ -85,9 +85,10 @@ class GlueCatalog:
             Name=spec.name,
         )
         if found is None:
-            self._call(
+            created = self._call(
                 what,
                 "create_table",
+                absent_ok="AlreadyExistsException",
                 DatabaseName=self.database,
                 TableInput={
                     "Name": spec.name,
@@ -97,7 +98,10 @@ class GlueCatalog:
                     "PartitionKeys": [{"Name": k, "Type": "string"} for k in partition_keys(spec)],
                 },
             )
-            return [n for n, _ in table_columns(spec)]
+            if created is not None:
+                return [n for n, _ in table_columns(spec)]
+            # Another worker created it just now: evolve that one.
+            found = self._call(what, "get_table", DatabaseName=self.database, Name=spec.name)
         table = found["Table"]
         sd = table["StorageDescriptor"]
         evolution = compare_columns(spec, [(c["Name"], c["Type"]) for c in sd["Columns"]])

@@ -90,9 +90,10 @@ class HiveCatalog:
     def _call(self, what: str, fn: Callable[[Any], T]) -> T:
         with self._client(what) as client:
             if not self._db_ready:
-                client.create_database_if_not_exists(
-                    Database(name=self.database, description="tables written by sluice")
-                )
+                with suppress(AlreadyExistsException):  # another worker, just now
+                    client.create_database_if_not_exists(
+                        Database(name=self.database, description="tables written by sluice")
+                    )
                 self._db_ready = True
             return fn(client)
 
@@ -106,20 +107,25 @@ class HiveCatalog:
         def run(client: Any) -> list[str]:
             table = self._table(client, spec)
             if table is None:
-                client.create_external_table(
-                    Table(
-                        tableName=spec.name,
-                        dbName=self.database,
-                        owner="sluice",
-                        sd=_sd(location.rstrip("/"), table_columns(spec)),
-                        partitionKeys=[
-                            FieldSchema(name=k, type="string", comment=None)
-                            for k in partition_keys(spec)
-                        ],
-                        tableType="EXTERNAL_TABLE",
+                try:
+                    client.create_external_table(
+                        Table(
+                            tableName=spec.name,
+                            dbName=self.database,
+                            owner="sluice",
+                            sd=_sd(location.rstrip("/"), table_columns(spec)),
+                            partitionKeys=[
+                                FieldSchema(name=k, type="string", comment=None)
+                                for k in partition_keys(spec)
+                            ],
+                            tableType="EXTERNAL_TABLE",
+                        )
                     )
-                )
-                return [n for n, _ in table_columns(spec)]
+                    return [n for n, _ in table_columns(spec)]
+                except AlreadyExistsException:  # workers starting together: evolve theirs
+                    table = self._table(client, spec)
+                    if table is None:
+                        raise TransientError(f"table {spec.name} exists and does not") from None
             registered = [(c.name, c.type) for c in table.sd.cols]
             evolution = compare_columns(spec, registered)
             if evolution.problems:

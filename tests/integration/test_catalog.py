@@ -242,3 +242,32 @@ async def test_hive_tables_read_alike_in_spark_trino_duckdb_final_and_evolving(
     assert trino_query(stack_env, db, per_hour_sql) == [[0]]
     catalog.set_partition_location(spec, path, original)
     assert trino_query(stack_env, db, per_hour_sql) == [[want[(d0, h0)][0]]]
+
+
+def test_workers_starting_together_all_sync_the_new_table(stack_env, unique) -> None:
+    """Several workers of a new deployment create the same table at once: each looked before
+    any created it (forced here: every worker's first look finds nothing), one creates it,
+    the others get AlreadyExists from the metastore, evolve that table, and none fails."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.sinkkit import REPO
+
+    spec = load_table(REPO / "schemas" / "app_logs.yaml")
+    uri, location = stack_env["HIVE_METASTORE_URI"], f"s3a://lake/{unique}/app_logs"
+    looked = threading.Barrier(4)
+
+    class Racing(HiveCatalog):
+        first = True
+
+        def _table(self, client: Any, spec: Any) -> Any:
+            if self.first:
+                self.first = False
+                looked.wait(30)
+                return None
+            return super()._table(client, spec)
+
+    with ThreadPoolExecutor(4) as pool:
+        added = list(pool.map(lambda _: Racing(uri, unique).sync_table(spec, location), range(4)))
+    assert sorted(len(a) for a in added) == [0, 0, 0, len(spec.output_schema)]
+    assert HiveCatalog(uri, unique).partitions(spec) == []
