@@ -19,6 +19,7 @@ These are private Faust APIs: faust-streaming is pinned below 0.16 and
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable, Iterable
@@ -28,6 +29,8 @@ import faust
 from faust.transport.consumer import ensure_TP
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+
+log = logging.getLogger(__name__)
 
 
 class BatchHandler(Protocol):
@@ -126,8 +129,18 @@ class BatchApp(faust.App):
         return int(begins[atp])
 
     async def rewind(self, tp: Any, offset: int) -> None:
-        """Seek ``tp``'s fetch position back to ``offset``."""
-        await self.consumer.seek(ensure_TP(tp), offset)
+        """Seek ``tp``'s fetch position back to ``offset``, in the consumer's own thread
+        (aiokafka's fetcher is not thread-safe: a seek from this loop raced a fetch)."""
+        from aiokafka import TopicPartition
+
+        thread = cast(Any, self.consumer)._thread
+        consumer = thread._ensure_consumer()
+        try:
+            await thread.call_thread(consumer.seek, TopicPartition(tp.topic, tp.partition), offset)
+        except Exception as err:  # no longer assigned: the rebalance seeks to committed
+            log.warning(
+                "%s[%d]: could not seek back to %d: %r", tp.topic, tp.partition, offset, err
+            )
 
     def add_metrics_page(self) -> None:
         """Serve the Prometheus registry at ``/metrics`` on Faust's web server."""
