@@ -241,7 +241,7 @@ async def _execute(
         say(f"{s.path:<24} {s.rows_before:>12} {s.rows_after:>12} {s.rebuilt:>10} {s.carried:>8}")
     rejected = sum(len(r.rejected) for r in results.values())
     if rejected:
-        say(f"{rejected} records no longer decode: dead-lettered with their reason")
+        say(f"{rejected} records do not decode: sent to the dead-letter topic with their reason")
     grace = settings.backfill.grace_period_seconds
     say(f"swapped in {len(plan.hours)} partitions; replaced objects kept for {grace:.0f}s")
     return 0
