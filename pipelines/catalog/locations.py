@@ -137,8 +137,7 @@ def expire_replaced(
     """Delete directories replaced more than ``grace_seconds`` ago; returns their prefixes.
     A directory that is a partition's current location is never deleted."""
     base = f"_sluice/{table}/replaced/"
-    live = {loc.prefix for loc in all_current(store, table).values()}
-    done: list[str] = []
+    due: list[tuple[str, str]] = []
     for key, _ in list(store.list(base)):
         data = store.get(key)
         if data is None:
@@ -148,8 +147,13 @@ def expire_replaced(
             prefix, at = str(record["prefix"]), float(record["at"])
         except (ValueError, KeyError, TypeError) as err:
             raise TerminalError(f"corrupt replaced record {key}: {err}") from err
-        if clock() < at + grace_seconds:
-            continue
+        if clock() >= at + grace_seconds:
+            due.append((key, prefix))
+    if not due:
+        return []
+    live = {loc.prefix for loc in all_current(store, table).values()}
+    done: list[str] = []
+    for key, prefix in due:
         if prefix not in live and prefix.startswith(f"{table}/"):
             for obj, _ in list(store.list(prefix + "/")):
                 store.delete(obj)
