@@ -7,6 +7,8 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from aiokafka.structs import TopicPartition
 
 from tests.integration.test_traces import (
     eventually,
@@ -69,6 +71,22 @@ async def test_replaying_a_trace_id_into_jaeger_makes_it_readable(
     assert (
         bad.returncode == 2 and "no destination 'tempo'; configured: jaeger, zipkin" in bad.stdout
     )
+
+    # Retention took partition 0's first record: a range starting before it is refused.
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_records({TopicPartition(topic, 0): RecordsToDelete(1)})
+    finally:
+        await admin.close()
+    gone = run_cli(
+        *("backfill", "traces", "--config", str(config), "--from", since, "--to", until),
+        *("--to-destination", "jaeger"),
+        env=subprocess_env,
+    )
+    assert gone.returncode == 2, gone.stdout + gone.stderr
+    assert f"{topic}[0] keeps records from offset 1" in gone.stdout
+    assert "part of the range is gone from Kafka" in gone.stdout
 
 
 def _assert_equal(got: object, want: object) -> None:
