@@ -144,7 +144,9 @@ async def test_bad_input_is_dead_lettered_with_reasons(
         f"s3://{BUCKET}/{unique}",
         f"{unique}-g",
         max_message_size="4KiB",
-        late_data={"max_past": "7d", "max_future": "1h", "policy": "dead_letter"},
+        # The good records are from 2026-11-18 (BASE_TS): a window that keeps them for years;
+        # the 2001 record stays late.
+        late_data={"max_past": "3650d", "max_future": "1h", "policy": "dead_letter"},
     )
     worker = start_worker(config, tmp_path / "worker.log", subprocess_env)
     try:
