@@ -27,7 +27,7 @@ from pipelines.destinations.senders import make_sender
 from pipelines.destinations.table import TableDestination
 from pipelines.errors import ConfigError, Problem
 from pipelines.faust_batch import BatchApp, with_failpoint
-from pipelines.routing.rules import AttrValue
+from pipelines.routing.conditions import AttrValue
 from pipelines.routing.tracker import OffsetTracker
 from pipelines.settings import Settings
 from pipelines.spans import SpanLimits, SpanView, get_decoder, to_otlp_proto

@@ -1,5 +1,6 @@
-"""Routing of spans to destinations: the routing table (``rules``) and consistent sampling
-(``sampling``). Pure: no I/O, no clock, no shared state; safe to use from any worker."""
+"""Routing of spans to destinations: the routing table (``rules``), the conditions its rules
+test (``conditions``) and consistent sampling (``sampling``).
+Pure: no I/O, no clock, no shared state; safe to use from any worker."""
 
 from pipelines.routing.rules import (
     KINDS,
