@@ -42,7 +42,7 @@ def _verify(args: argparse.Namespace) -> int:
     letters = asyncio.run(
         dead_lettered(bootstrap, spec.name, spec.topics, settings.warehouse.dead_letter_suffix)
     )
-    report = verify_table(spec, open_root(settings), ranges, letters)
+    report = verify_table(spec, open_root(settings), ranges, letters, full=args.full)
     for line in report.lines():
         print(line)
     return 0 if report.ok else 1
@@ -163,4 +163,10 @@ def register(sub: Any) -> None:
     )
     _range_args(v)
     v.add_argument("--table", required=True)
+    v.add_argument(
+        "--full",
+        action="store_true",
+        help="read every object of the table, not only the partitions the range's cuts and "
+        "backfills wrote to (also finds stray copies elsewhere; costs a read of the table)",
+    )
     v.set_defaults(handler=_verify)

@@ -22,7 +22,6 @@ the same run at once.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -34,7 +33,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipelines.backfill.plan import Plan, run_prefix
 from pipelines.backfill.rebuild import Chunk, ChunkResult
@@ -48,7 +46,7 @@ from pipelines.catalog.locations import (
 )
 from pipelines.errors import TerminalError
 from pipelines.tables import TableSpec
-from pipelines.writers.parquet import encode_parquet
+from pipelines.writers.parquet import decode_parquet, encode_parquet
 from pipelines.writers.store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -76,7 +74,7 @@ def previous_prefix(store: ObjectStore, table: str, run: str, path: str) -> str:
     return loc.previous if loc.run == run else loc.prefix
 
 
-def _objects(store: ObjectStore, prefix: str) -> list[str]:
+def objects_in(store: ObjectStore, prefix: str) -> list[str]:
     """Parquet objects directly in ``prefix`` (not in subdirectories)."""
     base = prefix + "/"
     return [k for k, _ in store.list(base) if k.endswith(".parquet") and "/" not in k[len(base) :]]
@@ -102,7 +100,7 @@ def check_moves(
                 data = store.get(key)
                 if data is None:
                     raise TerminalError(f"{key}: a rebuilt object is missing; rerun the job")
-                t = pq.read_table(io.BytesIO(data), columns=["_offset"])
+                t = decode_parquet(data, ["_offset"])
                 arrays.append(t.column("_offset").combine_chunks())
     known = {tp: pa.concat_arrays(arrays) for tp, arrays in accounted.items()}
     before: dict[str, int] = {}
@@ -110,12 +108,12 @@ def check_moves(
     for path in plan.hours:
         prefix = previous_prefix(store, spec.name, plan.run, path)
         before[path] = 0
-        for key in _objects(store, prefix):
+        for key in objects_in(store, prefix):
             data = store.get(key)
             if data is None:
                 continue
             topic, p, _ = _source(key.rsplit("/", 1)[-1])
-            offsets = pq.read_table(io.BytesIO(data), columns=["_offset"]).column("_offset")
+            offsets = decode_parquet(data, ["_offset"]).column("_offset")
             before[path] += len(offsets)
             span = plan.range_of(topic, p)
             if span is None:
@@ -153,7 +151,7 @@ def finish_hour(
     """Steps 2-4 for one hour; ``location`` is the table's catalog location."""
     new = generation_prefix(spec.name, plan.run, path)
     previous = previous_prefix(store, spec.name, plan.run, path)
-    if not rebuilt and not _objects(store, previous):
+    if not rebuilt and not objects_in(store, previous):
         return HourSummary(path)  # nothing before, nothing now: no partition to swap
     record_swap(store, spec.name, path, Location(new, plan.run, previous, time.time()))
     # Fault injection for the resume test (unset in production): SIGKILL after the n-th
@@ -194,13 +192,13 @@ def _carry_over(
         rows += n
         written.append((f"{new}/{target_name}", n))
 
-    for key in _objects(store, previous):
+    for key in objects_in(store, previous):
         name = key.rsplit("/", 1)[-1]
         topic, p, _ = _source(name)
         data = store.get(key)
         if data is None:
             continue
-        offsets = pq.read_table(io.BytesIO(data), columns=["_offset"]).column("_offset")
+        offsets = decode_parquet(data, ["_offset"]).column("_offset")
         span = plan.range_of(topic, p) or (0, 0)
         below = pc.less(offsets, pa.scalar(span[0], pa.int64()))
         above = pc.greater_equal(offsets, pa.scalar(span[1], pa.int64()))
@@ -209,7 +207,7 @@ def _carry_over(
             # Whole objects keep their names: a live copy of the same object is identical.
             put(name, data, len(offsets))
         elif pc.any(outside).as_py():  # straddles the range: split what is outside it
-            table = pq.read_table(io.BytesIO(data))
+            table = decode_parquet(data)
             low, high = table.filter(below), table.filter(above)
             if low.num_rows:
                 put(name, encode_parquet(low), low.num_rows)

@@ -3,34 +3,43 @@
 For every Kafka partition of the table's topics, the offsets whose records were appended in
 ``[from, to)`` (Kafka record time, found with ``offsets_for_times``) and already committed by
 the sink's group must each be in the table exactly once, or in the dead-letter topic. The
-evidence is read, not trusted: every Parquet object under the table is read (its
-``_partition``/``_offset`` columns only), every cut manifest is checked against the objects
-it names, and the dead-letter topic is read for this table's records.
+evidence is read, not trusted: the table's Parquet objects are read (their
+``_partition``/``_offset`` columns only), the cut manifests are checked against the objects
+they name, and the dead-letter topic is read for this table's records.
+
+Which objects: by default those of the table partitions (hours) that can hold the range's
+offsets: every partition an object of a cut manifest covering the range lies in (manifests
+are named by their first offset, so finding them costs one listing per Kafka partition),
+and every partition a backfill run over intersecting offsets swapped in; every object in
+those partitions is read, whatever cut wrote it. Cost: proportional to the range, not to the
+table. ``--full`` reads every object and manifest of the table instead: it also finds a
+stray copy of the range's rows in a partition no cut of the range wrote to.
 
 Reported, each with the objects involved: offsets missing (a gap), offsets present twice (a
 duplicate object or overlapping cuts), objects a manifest names that are gone, and objects
-no manifest names. Hours a backfill swapped in are read from their current generation and
-checked against that run's record; replaced directories are ignored. Cost: one read of every
-current object of the table (two small columns each).
+in the partitions read that no manifest names. Hours a backfill swapped in are read from
+their current generation and checked against that run's record; replaced directories are
+ignored.
 """
 
 from __future__ import annotations
 
-import io
+import bisect
 import json
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import pyarrow.parquet as pq
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from pipelines.backfill.swap import hour_key
+from pipelines.backfill.plan import Plan, plan_key
+from pipelines.backfill.swap import hour_key, objects_in
 from pipelines.catalog.finalizer import object_partition
-from pipelines.catalog.locations import all_current, default_prefix
+from pipelines.catalog.locations import Location, all_current, default_prefix
 from pipelines.tables import TableSpec
-from pipelines.writers.manifest import Manifest
+from pipelines.writers.manifest import Manifest, manifest_key, manifest_prefix
+from pipelines.writers.parquet import decode_parquet
 from pipelines.writers.store import ObjectStore
 
 TP = tuple[str, int]
@@ -44,6 +53,8 @@ class Report:
     """Per partition, the offset range [lo, hi) checked."""
     rows: int = 0
     dead_lettered: int = 0
+    objects_read: int = 0
+    partitions_read: int = 0
     gaps: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     missing_objects: list[str] = field(default_factory=list)
@@ -61,6 +72,7 @@ class Report:
             for (t, p), (lo, hi) in sorted(self.checked.items())
         ]
         out.append(f"rows {self.rows}, dead-lettered {self.dead_lettered}")
+        out.append(f"read {self.objects_read} objects in {self.partitions_read} partitions")
         for title, items in (
             ("GAP", self.gaps),
             ("DUPLICATE", self.duplicates),
@@ -153,8 +165,14 @@ def verify_table(
     store: ObjectStore,
     ranges: dict[TP, tuple[int, int]],
     letters: dict[TP, set[int]],
+    full: bool = False,
 ) -> Report:
-    """Check every offset of ``ranges`` against the table's objects, manifests and letters."""
+    """Check every offset of ``ranges`` against the table's objects, manifests and letters.
+
+    By default only the partitions (hours) that can hold offsets of ``ranges`` are read: those
+    named by the cut manifests covering the ranges, and those a backfill run over
+    intersecting offsets swapped in. ``full`` reads every object and manifest of the table
+    instead, which also finds stray copies of the range's rows in unrelated partitions."""
     report = Report(checked=dict(ranges))
     seen: dict[TP, dict[int, list[str]]] = defaultdict(lambda: defaultdict(list))
     swapped = all_current(store, spec.name)
@@ -163,18 +181,27 @@ def verify_table(
         loc = swapped.get(path)
         return loc.prefix if loc is not None else default_prefix(spec.name, path)
 
-    keys = [
-        k
-        for k, _ in store.list(f"{spec.name}/")
-        if k.endswith(".parquet")
-        and k.rsplit("/", 1)[0] == current_dir(object_partition(k, spec.name))
-    ]
+    manifests = _all_manifests(store, spec) if full else _range_manifests(store, spec, ranges)
+    if full:
+        keys = [
+            k
+            for k, _ in store.list(f"{spec.name}/")
+            if k.endswith(".parquet")
+            and k.rsplit("/", 1)[0] == current_dir(object_partition(k, spec.name))
+        ]
+        hours = set(swapped)
+    else:
+        hours = {object_partition(e.key, spec.name) for _, m in manifests for e in m.objects}
+        hours |= _backfilled(store, spec, swapped, ranges)
+        keys = [k for path in sorted(hours) for k in objects_in(store, current_dir(path))]
     existing = set(keys)
+    report.partitions_read = len({k.rsplit("/", 1)[0] for k in keys})
     for key in keys:
         data = store.get(key)
         if data is None:
             continue
-        table = pq.read_table(io.BytesIO(data), columns=["_partition", "_offset"])
+        report.objects_read += 1
+        table = decode_parquet(data, ["_partition", "_offset"])
         topic = key.rsplit("/", 1)[-1].rsplit("-", 2)[0]
         if topic not in spec.topics:  # a renamed copy: attribute it to the (first) topic
             topic = spec.topics[0]
@@ -191,21 +218,29 @@ def verify_table(
         if here not in existing:
             report.missing_objects.append(f"{key} ({rows} rows of {what})")
 
-    for topic in spec.topics:
-        for mkey, _ in store.list(f"_sluice/{spec.name}/manifests/{topic}/"):
-            data = store.get(mkey)
-            if data is None:
+    def refer(mkey: str, m: Manifest, check: bool) -> None:
+        for entry in m.objects:
+            path = object_partition(entry.key, spec.name)
+            if path in swapped or not check:
+                # Rebuilt since: only a late copy of this object would be in the generation.
+                referenced.add(f"{current_dir(path)}/{entry.key.rsplit('/', 1)[-1]}")
                 continue
-            m = Manifest.from_json(data)
-            for entry in m.objects:
-                if object_partition(entry.key, spec.name) in swapped:
-                    # Rebuilt since: only a late copy of this object would be in the generation.
-                    path = object_partition(entry.key, spec.name)
-                    referenced.add(f"{current_dir(path)}/{entry.key.rsplit('/', 1)[-1]}")
-                    continue
-                what = f"{topic}[{m.partition}] {m.start}-{m.end}, named by {mkey}"
-                named(entry.key, entry.rows, what)
-    for path, loc in swapped.items():
+            what = f"{m.topic}[{m.partition}] {m.start}-{m.end}, named by {mkey}"
+            named(entry.key, entry.rows, what)
+
+    for mkey, m in manifests:
+        refer(mkey, m, check=True)
+    if not full:  # objects of the read partitions from cuts outside the range
+        loaded = {mkey for mkey, _ in manifests}
+        for key in sorted(existing):
+            owner = _manifest_of(spec, key)
+            if owner is not None and owner not in loaded:
+                loaded.add(owner)
+                data = store.get(owner)
+                if data is not None:
+                    refer(owner, Manifest.from_json(data), check=False)
+    for path in sorted(hours & set(swapped)):
+        loc = swapped[path]
         data = store.get(hour_key(spec.name, loc.run, path))
         if data is None:
             report.missing_objects.append(f"{loc.prefix}/ (the record of backfill run {loc.run})")
@@ -234,3 +269,71 @@ def verify_table(
         if len(doubled) > 20:
             report.duplicates.append(f"{tp[0]}[{tp[1]}] ... {len(doubled)} duplicated offsets")
     return report
+
+
+def _all_manifests(store: ObjectStore, spec: TableSpec) -> list[tuple[str, Manifest]]:
+    out = []
+    for topic in spec.topics:
+        for mkey, _ in store.list(f"_sluice/{spec.name}/manifests/{topic}/"):
+            data = store.get(mkey)
+            if data is not None:
+                out.append((mkey, Manifest.from_json(data)))
+    return out
+
+
+def _range_manifests(
+    store: ObjectStore, spec: TableSpec, ranges: dict[TP, tuple[int, int]]
+) -> list[tuple[str, Manifest]]:
+    """The cuts of each partition from the last one starting at or before ``lo`` up to
+    the last one starting before ``hi`` (manifest keys are named by their start offset)."""
+    out = []
+    for (topic, p), (lo, hi) in sorted(ranges.items()):
+        if hi <= lo:
+            continue
+        starts = sorted(
+            int(k.rsplit("/", 1)[-1].removesuffix(".json"))
+            for k, _ in store.list(manifest_prefix(spec.name, topic, p))
+            if k.endswith(".json")
+        )
+        first = max(bisect.bisect_right(starts, lo) - 1, 0)
+        for start in starts[first : bisect.bisect_left(starts, hi)]:
+            mkey = manifest_key(spec.name, topic, p, start)
+            data = store.get(mkey)
+            if data is not None:
+                m = Manifest.from_json(data)
+                if m.end >= lo:
+                    out.append((mkey, m))
+    return out
+
+
+def _backfilled(
+    store: ObjectStore,
+    spec: TableSpec,
+    swapped: dict[str, Location],
+    ranges: dict[TP, tuple[int, int]],
+) -> set[str]:
+    """Partitions swapped in by a backfill run whose re-read offsets meet ``ranges``."""
+    plans: dict[str, Plan | None] = {}
+    out: set[str] = set()
+    for path, loc in swapped.items():
+        if loc.run not in plans:
+            data = store.get(plan_key(spec.name, loc.run))
+            plans[loc.run] = None if data is None else Plan.from_json(data)
+        plan = plans[loc.run]
+        if plan is None:  # no plan to judge by: read the partition
+            out.add(path)
+            continue
+        for tp, (lo, hi) in plan.ranges.items():
+            a, b = ranges.get(tp, (0, 0))
+            if max(lo, a) < min(hi, b):
+                out.add(path)
+                break
+    return out
+
+
+def _manifest_of(spec: TableSpec, key: str) -> str | None:
+    """The manifest of the cut that wrote ``<topic>-<partition>-<start>.parquet``."""
+    parts = key.rsplit("/", 1)[-1].removesuffix(".parquet").rsplit("-", 2)
+    if len(parts) != 3 or not (parts[1].isdigit() and parts[2].isdigit()):
+        return None
+    return manifest_key(spec.name, parts[0], int(parts[1]), int(parts[2]))

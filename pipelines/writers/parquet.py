@@ -1,4 +1,4 @@
-"""Arrow table → Parquet bytes, tuned for the engines that scan the lake. Pure: no I/O.
+"""Arrow table ↔ Parquet bytes, tuned for the engines that scan the lake. Pure: no I/O.
 
 zstd, dictionary encoding and column statistics everywhere; row groups capped at 1M rows
 or about 128 MiB of Arrow data; nanosecond timestamps are stored as microseconds (Hive,
@@ -6,6 +6,9 @@ Spark and older Trino mis-read ``INT64 TIMESTAMP(NANOS)``), other units as they 
 """
 
 from __future__ import annotations
+
+import io
+from collections.abc import Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -34,6 +37,16 @@ def encode_parquet(table: pa.Table) -> bytes:
         store_schema=True,
     )
     return sink.getvalue().to_pybytes()
+
+
+def decode_parquet(data: bytes, columns: Sequence[str] | None = None) -> pa.Table:
+    """The table in Parquet bytes (``columns`` only, if given), read on the calling thread.
+
+    Not on Arrow's CPU thread pool: a short command (``sluice verify``) that exits right
+    after a threaded read can abort in the pool's teardown ("terminate called without an
+    active exception", exit 134); objects read here are small, threads gain nothing."""
+    wanted = None if columns is None else list(columns)
+    return pq.read_table(io.BytesIO(data), columns=wanted, use_threads=False)
 
 
 def row_group_rows(table: pa.Table) -> int:
