@@ -32,10 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaProducer
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.harness import REPO, write_results
+from tests.sinkkit import committed, create_topic
+
 HOUR_MS = 3_600_000
 
 
@@ -59,12 +60,7 @@ def record(i: int, ts: int, rng: random.Random) -> bytes:
 
 
 async def fill(bootstrap: str, topic: str, partitions: int, total: int, hour: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, partitions, 1)])
-    finally:
-        await admin.close()
+    await create_topic(bootstrap, topic, partitions)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 << 10, compression_type="lz4"
     )
@@ -85,19 +81,6 @@ async def fill(bootstrap: str, topic: str, partitions: int, total: int, hour: in
         await asyncio.gather(*futs)
     finally:
         await producer.stop()
-
-
-async def committed(bootstrap: str, group: str, topic: str, partitions: int) -> int:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        return sum(
-            [await consumer.committed(TopicPartition(topic, p)) or 0 for p in range(partitions)]
-        )
-    finally:
-        await consumer.stop()
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -144,7 +127,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         stderr=subprocess.STDOUT,
     )
     try:
-        while await committed(bootstrap, group, topic, args.partitions) < args.records:
+        while (
+            sum((await committed(bootstrap, group, topic, args.partitions)).values()) < args.records
+        ):
             if worker.poll() is not None or time.monotonic() - t0 > args.timeout:
                 raise SystemExit(f"the sink did not commit everything; see {tmp}/worker.log")
             await asyncio.sleep(0.25)
@@ -207,8 +192,7 @@ def main() -> int:
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
     print(json.dumps(result, indent=2))
-    out = REPO / "bench" / "results" / f"backfill-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.write_text(json.dumps(result, indent=2))
+    write_results("backfill", datetime.now(UTC), result)
     return 0
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from bench.harness import cpu_seconds, status_kib
 from pipelines.devstack.components import StackConfig
 from tests.sinkkit import REPO, committed, create_topic, produce
 from tests.spankit import SERVICES, request
@@ -81,13 +82,8 @@ async def main_async(args: argparse.Namespace) -> None:
                     raise SystemExit(f"the worker exited; see {work / 'worker.log'}")
                 await asyncio.sleep(0.25)
             seconds = time.monotonic() - t0
-            stat = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
-            hwm = next(
-                line
-                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
-                if line.startswith("VmHWM")
-            ).split()[1]
+            cpu = cpu_seconds([proc.pid])
+            hwm_kib = status_kib(proc.pid, "VmHWM")
         finally:
             proc.terminate()
             proc.wait(60)
@@ -95,7 +91,7 @@ async def main_async(args: argparse.Namespace) -> None:
     print(
         f"{spans} spans committed in {seconds:.1f} s = {spans / seconds:,.0f} spans/s; "
         f"CPU {cpu:.1f} s = {spans / cpu:,.0f} spans per CPU-second; "
-        f"peak RSS {int(hwm) / 1024:.0f} MiB (log: {work / 'worker.log'})"
+        f"peak RSS {hwm_kib / 1024:.0f} MiB (log: {work / 'worker.log'})"
     )
 
 

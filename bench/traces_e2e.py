@@ -43,42 +43,24 @@ import re
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from bench.warehouse_e2e import (
-    POLL_SECONDS,
-    MemorySampler,
-    Stack,
-    _committed,
-    _fmt,
-    _group_stable,
-    _stop,
-    fill_topic,
-    load_stack,
-    log_problems,
-    machine,
-    source_state,
-    stack_pids,
-)
+from bench import harness
+from bench.harness import POLL_SECONDS, REPO, Stack, fmt, rate
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
 OTELCOL_CONFIG = REPO / "bench" / "peers" / "otelcol" / "traces-routing.yaml"
 SLUICE = "sluice"
 OTELCOL = "otelcol"
 CONTENDERS = (OTELCOL, SLUICE)
 JAEGER, ZIPKIN = "jaeger", "zipkin"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # --- routing rules (the one table both contenders get) --------------------------------------
 
@@ -163,6 +145,13 @@ ERROR_RATE = 0.02  # of HTTP spans: answered 5xx, status ERROR (semconv: server 
 
 def _ip(rnd: random.Random, sep: str = ".") -> str:
     return sep.join(str(rnd.randrange(256)) for _ in range(3))
+
+
+def _status(status_type: Any, error: bool, message: str) -> Any:
+    """A span's status: ERROR with ``message``, else unset."""
+    return (
+        status_type(code=status_type.STATUS_CODE_ERROR, message=message) if error else status_type()
+    )
 
 
 @dataclass
@@ -306,11 +295,6 @@ class TraceMaker:
                             attributes=self._kvs({"cache.key": f"item:{rnd.randrange(10**6)}"}),
                         )
                     )
-                status = (
-                    Status(code=Status.STATUS_CODE_ERROR, message=f"HTTP {code}")
-                    if error
-                    else Status()
-                )
                 span = Span(
                     trace_id=trace_id,
                     span_id=span_id,
@@ -321,7 +305,7 @@ class TraceMaker:
                     end_time_unix_nano=t0 + dur,
                     attributes=self._kvs(attrs),
                     events=events,
-                    status=status,
+                    status=_status(Status, error, f"HTTP {code}"),
                 )
                 self._record(groups, service, pod, span, error, counts, expect)
                 made += 1
@@ -345,11 +329,7 @@ class TraceMaker:
                                 "db.system.name": "postgresql" if op == "db query" else "none",
                             }
                         ),
-                        status=(
-                            Status(code=Status.STATUS_CODE_ERROR, message="internal failure")
-                            if ierr
-                            else Status()
-                        ),
+                        status=_status(Status, ierr, "internal failure"),
                     )
                     self._record(groups, service, pod, internal, ierr, counts, expect)
                     made += 1
@@ -382,11 +362,7 @@ class TraceMaker:
                                 "http.request.resend_count": 0,
                             }
                         ),
-                        status=(
-                            Status(code=Status.STATUS_CODE_ERROR, message=f"HTTP {c_code}")
-                            if c_err
-                            else Status()
-                        ),
+                        status=_status(Status, c_err, f"HTTP {c_code}"),
                     )
                     self._record(groups, service, pod, client, c_err, counts, expect)
                     made += 1
@@ -454,7 +430,9 @@ async def produce(
         tails[index % partitions].extend(traces)
         return value
 
-    filled = await fill_topic(stack, topic, partitions, messages, seed, make, max_in_flight=4)
+    filled = await harness.fill_topic(
+        stack, topic, partitions, messages, seed, make, max_in_flight=4
+    )
     seconds, end_offsets = filled.seconds, filled.end_offsets
     samples = {tid: expect for tail in tails for tid, expect in tail}
     return Produced(
@@ -474,12 +452,7 @@ async def produce(
 
 
 @dataclass
-class Contender:
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    group: str
-    log: Path
+class Contender(harness.Contender):
     metrics_url: str | None = None
     """Prometheus endpoint with per-destination sent counters (the collector's)."""
     sent_metrics: dict[str, str] = field(default_factory=dict)
@@ -611,16 +584,6 @@ def sluice_contender(stack: Stack, topic: str, run_dir: Path, tag: str) -> Conte
 # --- measurement ---------------------------------------------------------------------------
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """utime+stime of the processes (their own, not reaped children's), in seconds."""
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-    return total / CLK_TCK
-
-
 def other_cpu_load(seconds: float = 2.0) -> float:
     """CPUs' worth of busy time on the machine over ``seconds`` (before a run: others' load)."""
 
@@ -711,19 +674,11 @@ class RunResult:
     stack_restarted: bool = False
 
 
-def _rate(n: int, seconds: float | None) -> float | None:
-    return n / seconds if seconds else None
-
-
 async def measure(
     stack: Stack, c: Contender, topic: str, produced: Produced, limit_s: float, stall_s: float
 ) -> RunResult:
     """Run the contender's process until its group has committed every end offset (and, for
     the collector, its exporters have sent every span the rules route)."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap)
-    await admin.start()
     ends = produced.end_offsets
     join_at = committed_at = delivered_at = None
     cpu = cpu_at_commit = None
@@ -732,30 +687,17 @@ async def measure(
     progress_at, progress = 0.0, -1.0
     stalled = False
     metrics_text: str | None = None
-    c.log.parent.mkdir(parents=True, exist_ok=True)
-    with c.log.open("wb") as log:
-        started = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            *c.argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=c.env,
-            cwd=c.log.parent,
-            start_new_session=True,
-        )
-        memory = MemorySampler(proc.pid)
+    async with harness.running(c, stack.bootstrap) as job:
+        memory = job.memory
         try:
-            while proc.returncode is None and time.monotonic() - started < limit_s:
-                memory.sample()
-                now = time.monotonic() - started
-                if join_at is None and await _group_stable(admin, c.group):
+            while (now := job.tick(limit_s)) is not None:
+                if join_at is None and await harness.group_stable(job.admin, c.group):
                     join_at = now
                 if committed_at is None:
-                    offsets = await _committed(admin, c.group, topic)
-                    done = sum(min(offsets.get(p, 0), end) for p, end in ends.items())
+                    done = await harness.committed_records(job.admin, c.group, topic, ends)
                     if done >= produced.messages:
                         committed_at = now
-                        cpu_at_commit = cpu_seconds(memory._pids or [proc.pid])
+                        cpu_at_commit = harness.cpu_seconds(memory.pids)
                 if c.metrics_url and delivered_at is None:
                     metrics_text = await asyncio.to_thread(http_text, c.metrics_url, 5.0)
                     sent = {d: prom_sum(metrics_text, p) for d, p in c.sent_metrics.items()}
@@ -771,20 +713,18 @@ async def measure(
                         break
                 if committed_at is not None and (delivered_at is not None or not c.metrics_url):
                     memory.sample()
-                    cpu = cpu_seconds(memory._pids or [proc.pid])
+                    cpu = harness.cpu_seconds(memory.pids)
                     break
                 await asyncio.sleep(POLL_SECONDS)
         finally:
             memory.sample()
             if cpu is None:
-                cpu = cpu_seconds(memory._pids or [proc.pid])
+                cpu = harness.cpu_seconds(memory.pids)
             if c.metrics_url:
                 metrics_text = (
                     await asyncio.to_thread(http_text, c.metrics_url, 5.0) or metrics_text
                 )
                 sent = {d: prom_sum(metrics_text, p) for d, p in c.sent_metrics.items()}
-            exit_code = await _stop(proc, memory)
-            await admin.close()
     failed = {
         d: prom_sum(metrics_text, p.replace("sent_spans", "send_failed_spans"))
         for d, p in c.sent_metrics.items()
@@ -797,19 +737,19 @@ async def measure(
         spans=produced.spans,
         group=c.group,
         completed=completed,
-        exit_code=exit_code,
+        exit_code=job.exit_code,
         committed_seconds=committed_at,
-        spans_per_s=_rate(produced.spans, committed_at),
+        spans_per_s=rate(produced.spans, committed_at),
         delivered_seconds=delivered_at,
-        spans_per_s_delivered=_rate(produced.spans, delivered_at),
+        spans_per_s_delivered=rate(produced.spans, delivered_at),
         join_seconds=join_at,
         spans_per_s_after_join=(
-            _rate(produced.spans, end - join_at) if end and join_at is not None else None
+            rate(produced.spans, end - join_at) if end and join_at is not None else None
         ),
         cpu_seconds=round(cpu, 2) if cpu is not None else None,
-        spans_per_cpu_second=_rate(produced.spans, cpu) if completed else None,
+        spans_per_cpu_second=rate(produced.spans, cpu) if completed else None,
         cpu_seconds_at_commit=cpu_at_commit,
-        spans_per_cpu_second_at_commit=_rate(produced.spans, cpu_at_commit),
+        spans_per_cpu_second_at_commit=rate(produced.spans, cpu_at_commit),
         delivered_seconds_by_destination=delivered_by,
         stalled=stalled,
         peak_rss_mib=round(memory.peak_kib / 1024, 1),
@@ -914,38 +854,32 @@ def jaeger_service_check(stack: Stack, service: str) -> dict[str, Any]:
     return {"service": service, "traces_returned": len(data), "spans_of_service": spans}
 
 
-async def cleanup(stack: Stack, topic: str) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap)
-    await admin.start()
-    try:
-        doomed = [t for t in await admin.list_topics() if t == topic or t.startswith(topic + ".")]
-        if doomed:
-            await admin.delete_topics(doomed)
-    finally:
-        await admin.close()
-
-
 # --- driver --------------------------------------------------------------------------------
 
 
-def print_table(results: list[RunResult]) -> None:
-    header = (
-        f"{'contender':<9} {'done':>5} {'commit s':>8} {'spans/s':>9} {'deliv s':>8} "
-        f"{'spans/s dl':>10} {'CPU s':>7} {'spans/CPU-s':>11} {'RSS MiB':>8}"
+def print_results(results: list[RunResult]) -> None:
+    columns = [
+        *(("contender", "<9"), ("done", ">5"), ("commit s", ">8"), ("spans/s", ">9")),
+        *(("deliv s", ">8"), ("spans/s dl", ">10"), ("CPU s", ">7"), ("spans/CPU-s", ">11")),
+        ("RSS MiB", ">8"),
+    ]
+    harness.print_table(
+        columns,
+        (
+            [
+                r.contender,
+                ("yes" if r.completed else "NO") + ("*" if r.stack_restarted else ""),
+                fmt(r.committed_seconds, ".1f"),
+                fmt(r.spans_per_s, ",.0f"),
+                fmt(r.delivered_seconds, ".1f"),
+                fmt(r.spans_per_s_delivered, ",.0f"),
+                fmt(r.cpu_seconds, ".1f"),
+                fmt(r.spans_per_cpu_second, ",.0f"),
+                format(r.peak_rss_mib, ".0f"),
+            ]
+            for r in results
+        ),
     )
-    print(header)
-    print("-" * len(header))
-    for r in results:
-        done = ("yes" if r.completed else "NO") + ("*" if r.stack_restarted else "")
-        print(
-            f"{r.contender:<9} {done:>5} "
-            f"{_fmt(r.committed_seconds, '.1f'):>8} {_fmt(r.spans_per_s, ',.0f'):>9} "
-            f"{_fmt(r.delivered_seconds, '.1f'):>8} {_fmt(r.spans_per_s_delivered, ',.0f'):>10} "
-            f"{_fmt(r.cpu_seconds, '.1f'):>7} {_fmt(r.spans_per_cpu_second, ',.0f'):>11} "
-            f"{r.peak_rss_mib:>8.0f}"
-        )
 
 
 async def run_one(
@@ -956,13 +890,13 @@ async def run_one(
         if name == OTELCOL
         else sluice_contender(stack, topic, run_dir, tag)
     )
-    pids = stack_pids()
+    pids = harness.stack_pids()
     samples = list(produced.sample_traces)
     before = await asyncio.to_thread(store_spans, stack, samples)
     zipkin_before = await asyncio.to_thread(zipkin_received, stack)
     print(f"{name} ({c.group}): {' '.join(c.argv)}", flush=True)
     result = await measure(stack, c, topic, produced, args.timeout, args.stall)
-    result.stack_restarted = stack_pids() != pids
+    result.stack_restarted = harness.stack_pids() != pids
     await asyncio.sleep(args.settle)  # the stores' own batching (Jaeger's batch processor)
     zipkin_after = await asyncio.to_thread(zipkin_received, stack)
     if zipkin_before is not None and zipkin_after is not None:
@@ -972,12 +906,12 @@ async def run_one(
     result.sample_check["jaeger_service_query"] = await asyncio.to_thread(
         jaeger_service_check, stack, "checkout"
     )
-    result.log_problems = log_problems(c.log)
+    result.log_problems = harness.log_problems(c.log)
     print(
-        f"  completed={result.completed} committed={_fmt(result.committed_seconds, '.1f')}s "
-        f"delivered={_fmt(result.delivered_seconds, '.1f')}s "
-        f"spans/s={_fmt(result.spans_per_s, ',.0f')} cpu={_fmt(result.cpu_seconds, '.1f')}s "
-        f"spans/cpu-s={_fmt(result.spans_per_cpu_second, ',.0f')} rss={result.peak_rss_mib}MiB "
+        f"  completed={result.completed} committed={fmt(result.committed_seconds, '.1f')}s "
+        f"delivered={fmt(result.delivered_seconds, '.1f')}s "
+        f"spans/s={fmt(result.spans_per_s, ',.0f')} cpu={fmt(result.cpu_seconds, '.1f')}s "
+        f"spans/cpu-s={fmt(result.spans_per_cpu_second, ',.0f')} rss={result.peak_rss_mib}MiB "
         f"sent={result.sent} failed={result.send_failed} zipkin_received={result.zipkin_received}"
         + (" STACK RESTARTED" if result.stack_restarted else ""),
         flush=True,
@@ -993,11 +927,8 @@ async def run_one(
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    stack = load_stack()
-    contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
-    unknown = set(contenders) - set(CONTENDERS)
-    if unknown:
-        sys.exit(f"unknown contenders {sorted(unknown)}; valid: {', '.join(CONTENDERS)}")
+    stack = harness.load_stack()
+    contenders = harness.parse_contenders(args.contenders, CONTENDERS)
     skipped: dict[str, str] = {}
     if SLUICE in contenders and (why := sluice_available()):
         print(f"SKIPPING sluice: {why}", flush=True)
@@ -1024,12 +955,10 @@ async def main_async(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    source_at_start = source_state()
-    stamp = datetime.now(UTC)
-    tag = f"{stamp:%Y%m%dT%H%M%S}_{random.randrange(16**4):04x}"
+    source_at_start = harness.source_state()
+    session = harness.new_session("traces")
+    stamp, tag, run_root = session.stamp, session.tag, session.run_root
     topic = f"bench.spans.{tag}"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    run_root = Path(tempfile.mkdtemp(prefix=f"traces-{tag}-", dir=RESULTS))
 
     print(
         f"producing {args.messages:,} messages x {args.spans_per_message} spans to {topic} "
@@ -1054,10 +983,10 @@ async def main_async(args: argparse.Namespace) -> int:
             )
     finally:
         if not args.keep:
-            await cleanup(stack, topic)
+            await harness.delete_topics(stack, topic)
 
     print()
-    print_table(results)
+    print_results(results)
     summary: dict[str, Any] = {
         r.contender: {
             "spans_per_s": r.spans_per_s,
@@ -1074,17 +1003,11 @@ async def main_async(args: argparse.Namespace) -> int:
     if SLUICE in by and OTELCOL in by:
         a, b = by[SLUICE], by[OTELCOL]
         summary["ratio_sluice_over_otelcol"] = {
-            "spans_per_s": round(a.spans_per_s / b.spans_per_s, 2)
-            if a.spans_per_s and b.spans_per_s
-            else None,
-            "spans_per_cpu_second": round(a.spans_per_cpu_second / b.spans_per_cpu_second, 2)
-            if a.spans_per_cpu_second and b.spans_per_cpu_second
-            else None,
-            "spans_per_cpu_second_at_commit": round(
-                a.spans_per_cpu_second_at_commit / b.spans_per_cpu_second_at_commit, 2
-            )
-            if a.spans_per_cpu_second_at_commit and b.spans_per_cpu_second_at_commit
-            else None,
+            "spans_per_s": harness.ratio(a.spans_per_s, b.spans_per_s),
+            "spans_per_cpu_second": harness.ratio(a.spans_per_cpu_second, b.spans_per_cpu_second),
+            "spans_per_cpu_second_at_commit": harness.ratio(
+                a.spans_per_cpu_second_at_commit, b.spans_per_cpu_second_at_commit
+            ),
         }
     print(json.dumps(summary, indent=2))
     from bench.otelcol import built_info
@@ -1093,10 +1016,10 @@ async def main_async(args: argparse.Namespace) -> int:
         "benchmark": "traces_e2e",
         "started_utc": stamp.isoformat(),
         "command": ".venv/bin/python -m bench.traces_e2e " + " ".join(sys.argv[1:]),
-        "machine": machine(),
+        "machine": harness.machine(),
         "other_cpu_load_at_start": round(busy, 2),
         "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
-        "sluice_source": {"at_start": source_at_start, "at_end": source_state()},
+        "sluice_source": {"at_start": source_at_start, "at_end": harness.source_state()},
         "skipped": skipped,
         "topic": topic,
         "partitions": args.partitions,
@@ -1107,9 +1030,7 @@ async def main_async(args: argparse.Namespace) -> int:
         "summary": summary,
         "logs": str(run_root),
     }
-    out = RESULTS / f"traces-{stamp:%Y%m%dT%H%M%SZ}.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nresults: {out}\nlogs:    {run_root}")
+    harness.write_results("traces", stamp, report, logs=run_root)
     ok = all(
         r.completed and not any(r.send_failed.values()) for r in results if not r.stack_restarted
     )

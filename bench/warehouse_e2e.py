@@ -19,71 +19,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import platform
 import random
-import shlex
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
+from bench import harness
+from bench.harness import POLL_SECONDS, REPO, Filled, Stack, fmt, rate
+
 QUIX_REQUIREMENT = "quixstreams[s3,parquet]==3.28.1"
-POLL_SECONDS = 0.25
-STOP_GRACE_SECONDS = 60.0
 SLUICE = "sluice"
 QUIX = "quix"
 
 
 # --- environment ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Stack:
-    bootstrap: str
-    endpoint: str
-    bucket: str
-    env: dict[str, str]
-    """Client environment for the contenders (AWS_* and KAFKA_BOOTSTRAP_SERVERS)."""
-
-
-def load_stack() -> Stack:
-    """The local stack's client settings: the environment, else .sluice/env.sh."""
-    env = dict(os.environ)
-    env_file = REPO / ".sluice" / "env.sh"
-    if env_file.exists():
-        for line in env_file.read_text().splitlines():
-            if line.startswith("export ") and "=" in line:
-                key, _, value = line[len("export ") :].partition("=")
-                env.setdefault(key.strip(), shlex.split(value)[0] if value else "")
-    missing = [
-        k
-        for k in ("KAFKA_BOOTSTRAP_SERVERS", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID")
-        if not env.get(k)
-    ]
-    if missing:
-        sys.exit(f"missing {', '.join(missing)}: run `sluice dev up` (writes .sluice/env.sh)")
-    env.setdefault("AWS_REGION", "us-east-1")
-    return Stack(
-        env["KAFKA_BOOTSTRAP_SERVERS"],
-        env["AWS_ENDPOINT_URL_S3"],
-        env.get("SLUICE_BUCKET", "lake"),
-        env,
-    )
 
 
 def quix_python() -> Path:
@@ -105,15 +63,6 @@ def quix_python() -> Path:
     return python
 
 
-def stack_pids() -> dict[str, str]:
-    """Pids of the local stack's servers: a change during a run means someone restarted them."""
-    pids = {}
-    with contextlib.suppress(OSError):
-        for f in (REPO / ".sluice" / "pids").glob("*.pid"):
-            pids[f.stem] = f.read_text().strip()
-    return pids
-
-
 def wait_s3(client: Any, bucket: str, limit_s: float = 180.0) -> None:
     """Block until the bucket answers (the shared stack may be mid-restart)."""
     deadline = time.monotonic() + limit_s
@@ -125,17 +74,6 @@ def wait_s3(client: Any, bucket: str, limit_s: float = 180.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(1.0)
-
-
-def source_state() -> dict[str, Any]:
-    """The sluice commit measured, and which files of the package differ from it."""
-
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
-        return done.stdout.strip()
-
-    dirty = git("status", "--porcelain", "--", "pipelines", "pyproject.toml")
-    return {"commit": git("rev-parse", "HEAD"), "uncommitted": dirty.splitlines()}
 
 
 # --- workload ------------------------------------------------------------------------------
@@ -181,102 +119,20 @@ class RecordMaker:
         return json.dumps(record, separators=(",", ":")).encode()
 
 
-@dataclass
-class Produced:
-    records: int
-    bytes: int
-    seconds: float
-    end_offsets: dict[int, int]
-
-
-async def produce(stack: Stack, topic: str, partitions: int, total: int, seed: int) -> Produced:
+async def produce(stack: Stack, topic: str, partitions: int, total: int, seed: int) -> Filled:
     """Create ``topic`` and fill it with ``total`` app_logs records."""
     maker = RecordMaker(total, hours=3.0, seed=seed)
-    return await fill_topic(stack, topic, partitions, total, seed, maker.make)
-
-
-async def fill_topic(
-    stack: Stack,
-    topic: str,
-    partitions: int,
-    total: int,
-    seed: int,
-    make: Callable[[int, random.Random], bytes],
-    max_in_flight: int = 8,
-) -> Produced:
-    """Create ``topic`` and fill it with ``make(index, rnd)`` for every index: one task per
-    partition (index ``i`` goes to partition ``i % partitions``, so partitions are equal and
-    ordered), whole batches, several in flight. Checks the end offsets add up to ``total``."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, partitions, 1)])
-    finally:
-        await admin.close()
-
-    producer = AIOKafkaProducer(
-        bootstrap_servers=stack.bootstrap,
-        acks="all",
-        linger_ms=20,
-        max_batch_size=1 << 20,
-        max_request_size=4 << 20,
-    )
-    await producer.start()
-    sizes = [0] * partitions
-
-    async def fill(p: int) -> None:
-        rnd = random.Random(seed * 1009 + p)
-        in_flight: deque[asyncio.Future[Any]] = deque()
-        batch = producer.create_batch()
-        for index in range(p, total, partitions):
-            value = make(index, rnd)
-            sizes[p] += len(value)
-            if batch.append(key=None, value=value, timestamp=None) is None:
-                in_flight.append(await producer.send_batch(batch, topic, partition=p))
-                batch = producer.create_batch()
-                batch.append(key=None, value=value, timestamp=None)
-                while len(in_flight) > max_in_flight:
-                    await in_flight.popleft()
-        if batch.record_count():
-            in_flight.append(await producer.send_batch(batch, topic, partition=p))
-        await asyncio.gather(*in_flight)
-
-    started = time.monotonic()
-    try:
-        await asyncio.gather(*(fill(p) for p in range(partitions)))
-        await producer.flush()
-    finally:
-        await producer.stop()
-    seconds = time.monotonic() - started
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap)
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
-    finally:
-        await consumer.stop()
-    end_offsets = {tp.partition: int(o) for tp, o in ends.items()}
-    if sum(end_offsets.values()) != total:
-        raise RuntimeError(f"topic holds {sum(end_offsets.values())} records, wanted {total}")
-    return Produced(total, sum(sizes), seconds, end_offsets)
+    return await harness.fill_topic(stack, topic, partitions, total, seed, maker.make)
 
 
 # --- contenders ----------------------------------------------------------------------------
 
 
 @dataclass
-class Contender:
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    group: str
+class Contender(harness.Contender):
     prefix: str
     """Key prefix (in the stack's bucket) under which every object it writes lands."""
     parquet_glob: str
-    log: Path
 
 
 def sluice_contender(
@@ -312,9 +168,9 @@ def sluice_contender(
         [str(REPO / ".venv" / "bin" / "sluice"), "warehouse", "--config", str(config_file)],
         env,
         group,
+        run_dir / f"{SLUICE}.log",
         prefix,
         f"s3://{stack.bucket}/{prefix}/app_logs/**/*.parquet",
-        run_dir / f"{SLUICE}.log",
     )
 
 
@@ -335,67 +191,13 @@ def quix_contender(
         argv,
         dict(stack.env),
         group,
+        run_dir / f"{QUIX}.log",
         prefix,
         f"s3://{stack.bucket}/{prefix}/**/*.parquet",
-        run_dir / f"{QUIX}.log",
     )
 
 
 # --- measurement ---------------------------------------------------------------------------
-
-
-def _status_kib(pid: int, field_name: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def _process_tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                stat = (entry / "stat").read_text()
-                ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry.name))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
-
-
-@dataclass
-class MemorySampler:
-    """Peak RSS of a process tree: per-process VmHWM (kernel-kept peak), summed."""
-
-    root: int
-    hwm_kib: dict[int, int] = field(default_factory=dict)
-    peak_tree_rss_kib: int = 0
-    _pids: list[int] = field(default_factory=list)
-    _last_scan: float = 0.0
-
-    def sample(self) -> None:
-        now = time.monotonic()
-        if now - self._last_scan > 1.0 or not self._pids:
-            self._pids = _process_tree(self.root)
-            self._last_scan = now
-        rss = 0
-        for pid in self._pids:
-            hwm = _status_kib(pid, "VmHWM")
-            if hwm:
-                self.hwm_kib[pid] = max(self.hwm_kib.get(pid, 0), hwm)
-            rss += _status_kib(pid, "VmRSS")
-        self.peak_tree_rss_kib = max(self.peak_tree_rss_kib, rss)
-
-    @property
-    def peak_kib(self) -> int:
-        return sum(self.hwm_kib.values())
 
 
 @dataclass
@@ -428,54 +230,26 @@ class RunResult:
     """The shared stack's Kafka or S3 was restarted during the run: figures not comparable."""
 
 
-def _rate(records: int, seconds: float | None) -> float | None:
-    return records / seconds if seconds else None
-
-
 async def measure(
-    stack: Stack, contender: Contender, topic: str, produced: Produced, run: int, limit_s: float
+    stack: Stack, contender: Contender, topic: str, produced: Filled, run: int, limit_s: float
 ) -> RunResult:
     """Run the contender's process until its group has committed every end offset."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap)
-    await admin.start()
     total = produced.records
     ends = produced.end_offsets
     join_at = first_at = done_at = None
     first_committed = None
     committed = 0
-    contender.log.parent.mkdir(parents=True, exist_ok=True)
-    with contender.log.open("wb") as log:
-        started = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            *contender.argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=contender.env,
-            cwd=contender.log.parent,
-            start_new_session=True,  # its own process group: killed whole if it hangs
-        )
-        memory = MemorySampler(proc.pid)
-        try:
-            while proc.returncode is None and time.monotonic() - started < limit_s:
-                memory.sample()
-                now = time.monotonic() - started
-                if join_at is None and await _group_stable(admin, contender.group):
-                    join_at = now
-                offsets = await _committed(admin, contender.group, topic)
-                committed = sum(min(offsets.get(p, 0), end) for p, end in ends.items())
-                if first_at is None and committed > 0:
-                    first_at, first_committed = now, committed
-                if committed >= total:
-                    done_at = time.monotonic() - started
-                    break
-                await asyncio.sleep(POLL_SECONDS)
-        finally:
-            memory.sample()
-            exit_code = await _stop(proc, memory)
-            await admin.close()
-    processes = len(memory.hwm_kib)
+    async with harness.running(contender, stack.bootstrap) as job:
+        while (now := job.tick(limit_s)) is not None:
+            if join_at is None and await harness.group_stable(job.admin, contender.group):
+                join_at = now
+            committed = await harness.committed_records(job.admin, contender.group, topic, ends)
+            if first_at is None and committed > 0:
+                first_at, first_committed = now, committed
+            if committed >= total:
+                done_at = job.elapsed()
+                break
+            await asyncio.sleep(POLL_SECONDS)
     after_first = (  # None when the first commit observed was already the last one
         (total - first_committed) / (done_at - first_at)
         if done_at
@@ -490,56 +264,20 @@ async def measure(
         records=total,
         group=contender.group,
         completed=done_at is not None,
-        exit_code=exit_code,
+        exit_code=job.exit_code,
         wall_seconds=done_at,
-        records_per_s=_rate(total, done_at),
+        records_per_s=rate(total, done_at),
         join_seconds=join_at,
         records_per_s_after_join=(
-            _rate(total, done_at - join_at) if done_at and join_at is not None else None
+            rate(total, done_at - join_at) if done_at and join_at is not None else None
         ),
         first_commit_seconds=first_at,
         committed_at_first_commit=first_committed,
         records_per_s_after_first_commit=after_first,
-        peak_rss_mib=round(memory.peak_kib / 1024, 1),
-        processes=processes,
+        peak_rss_mib=round(job.memory.peak_kib / 1024, 1),
+        processes=len(job.memory.hwm_kib),
         log=str(contender.log),
     )
-
-
-async def _group_stable(admin: Any, group: str) -> bool:
-    try:
-        responses = await admin.describe_consumer_groups([group])
-    except Exception:  # the coordinator may not know the group yet
-        return False
-    for response in responses:
-        for g in response.groups:  # (error, group_id, state, protocol_type, protocol, members…)
-            if g[1] == group and g[2] == "Stable" and len(g[5]) > 0:
-                return True
-    return False
-
-
-async def _committed(admin: Any, group: str, topic: str) -> dict[int, int]:
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    except Exception:
-        return {}
-    return {tp.partition: o.offset for tp, o in offsets.items() if tp.topic == topic}
-
-
-async def _stop(proc: asyncio.subprocess.Process, memory: MemorySampler) -> int | None:
-    """SIGTERM (both contenders drain and commit on it), then SIGKILL the process group."""
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
-    while proc.returncode is None and time.monotonic() < deadline:
-        memory.sample()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), POLL_SECONDS)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group, and a hung leader
-    with contextlib.suppress(TimeoutError):
-        return await asyncio.wait_for(proc.wait(), 10)
-    return None
 
 
 # --- output checks -------------------------------------------------------------------------
@@ -607,36 +345,11 @@ def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def log_problems(path: Path, limit: int = 20) -> list[str]:
-    """Lines of a contender's log that look like trouble (errors, warnings, tracebacks)."""
-    markers = ("ERROR", "CRITICAL", "Traceback", "WARNING", "Exception")
-    found: list[str] = []
-    with contextlib.suppress(OSError):
-        for line in path.read_text(errors="replace").splitlines():
-            if any(m in line for m in markers):
-                found.append(line.strip()[:400])
-    return found[:limit]
-
-
 async def cleanup(
     stack: Stack, topic: str, groups: Iterable[str], client: Any, prefix: str
 ) -> None:
     """Delete the benchmark topic, topics the contenders created, and the objects."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap)
-    await admin.start()
-    try:
-        owned = tuple(groups)
-        doomed = [
-            t
-            for t in await admin.list_topics()
-            if t == topic or t.startswith(topic + ".") or t.startswith(owned)
-        ]
-        if doomed:
-            await admin.delete_topics(doomed)
-    finally:
-        await admin.close()
+    await harness.delete_topics(stack, topic, groups)
     keys = [o["Key"] for o in list_objects(client, stack.bucket, prefix)]
     for i in range(0, len(keys), 1000):
         client.delete_objects(
@@ -647,52 +360,31 @@ async def cleanup(
 # --- driver --------------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    mem_kib = _status_kib_meminfo()
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": model,
-        "memory_gib": round(mem_kib / 1024 / 1024, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-    }
-
-
-def _status_kib_meminfo() -> int:
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1])
-    return 0
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def print_table(results: list[RunResult]) -> None:
-    header = (
-        f"{'contender':<9} {'run':>3} {'done':>5} {'wall s':>7} {'rec/s':>8} "
-        f"{'rec/s>join':>10} {'RSS MiB':>8} {'objects':>7} "
-        f"{'parquet':>7} {'MiB':>6} {'rows':>8}"
+def print_results(results: list[RunResult]) -> None:
+    columns = [
+        *(("contender", "<9"), ("run", ">3"), ("done", ">5"), ("wall s", ">7")),
+        *(("rec/s", ">8"), ("rec/s>join", ">10"), ("RSS MiB", ">8"), ("objects", ">7")),
+        *(("parquet", ">7"), ("MiB", ">6"), ("rows", ">8")),
+    ]
+    harness.print_table(
+        columns,
+        (
+            [
+                r.contender,
+                str(r.run),
+                ("yes" if r.completed else "NO") + ("*" if r.stack_restarted else ""),
+                fmt(r.wall_seconds, ".1f"),
+                fmt(r.records_per_s, ",.0f"),
+                fmt(r.records_per_s_after_join, ",.0f"),
+                format(r.peak_rss_mib, ".0f"),
+                str(r.objects),
+                str(r.parquet_objects),
+                format(r.parquet_mib, ".1f"),
+                fmt(r.rows, ",d"),
+            ]
+            for r in results
+        ),
     )
-    print(header)
-    print("-" * len(header))
-    for r in results:
-        print(
-            f"{r.contender:<9} {r.run:>3} "
-            f"{('yes' if r.completed else 'NO') + ('*' if r.stack_restarted else ''):>5} "
-            f"{_fmt(r.wall_seconds, '.1f'):>7} {_fmt(r.records_per_s, ',.0f'):>8} "
-            f"{_fmt(r.records_per_s_after_join, ',.0f'):>10} "
-            f"{r.peak_rss_mib:>8.0f} {r.objects:>7} {r.parquet_objects:>7} "
-            f"{r.parquet_mib:>6.1f} {_fmt(r.rows, ',d'):>8}"
-        )
 
 
 def print_footnote(results: list[RunResult]) -> None:
@@ -723,11 +415,10 @@ def summarize(results: list[RunResult]) -> dict[str, Any]:
             "parquet_objects": median(name, lambda r: r.parquet_objects),
         }
     if SLUICE in summary and QUIX in summary:
-        ratios = {}
-        for key in ("records_per_s", "records_per_s_after_join"):
-            a, b = summary[SLUICE][key], summary[QUIX][key]
-            ratios[key] = round(a / b, 2) if a and b else None
-        summary["ratio_sluice_over_quix"] = ratios
+        summary["ratio_sluice_over_quix"] = {
+            key: harness.ratio(summary[SLUICE][key], summary[QUIX][key])
+            for key in ("records_per_s", "records_per_s_after_join")
+        }
     return summary
 
 
@@ -736,7 +427,7 @@ async def run_one(
     client: Any,
     name: str,
     topic: str,
-    produced: Produced,
+    produced: Filled,
     run: int,
     run_dir: Path,
     base: str,
@@ -751,10 +442,10 @@ async def run_one(
         assert python is not None
         c = quix_contender(stack, topic, run_dir, base, tag, args.interval, python)
     wait_s3(client, stack.bucket)
-    pids = stack_pids()
+    pids = harness.stack_pids()
     print(f"run {run}: {name} ({c.group}) ...", flush=True)
     result = await measure(stack, c, topic, produced, run, args.timeout)
-    result.stack_restarted = stack_pids() != pids
+    result.stack_restarted = harness.stack_pids() != pids
     wait_s3(client, stack.bucket)
     objects = list_objects(client, stack.bucket, c.prefix + "/")
     parquet = [o for o in objects if o["Key"].endswith(".parquet")]
@@ -763,10 +454,10 @@ async def run_one(
     result.parquet_mib = round(sum(o["Size"] for o in parquet) / 2**20, 1)
     if parquet:
         result.rows, result.distinct_event_ids = count_rows(stack, c.parquet_glob)
-    result.log_problems = log_problems(c.log)
+    result.log_problems = harness.log_problems(c.log)
     print(
-        f"  completed={result.completed} wall={_fmt(result.wall_seconds, '.1f')}s "
-        f"rec/s={_fmt(result.records_per_s, ',.0f')} rss={result.peak_rss_mib}MiB "
+        f"  completed={result.completed} wall={fmt(result.wall_seconds, '.1f')}s "
+        f"rec/s={fmt(result.records_per_s, ',.0f')} rss={result.peak_rss_mib}MiB "
         f"objects={result.objects} rows={result.rows} distinct={result.distinct_event_ids}"
         + (" STACK RESTARTED" if result.stack_restarted else ""),
         flush=True,
@@ -775,19 +466,14 @@ async def run_one(
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    stack = load_stack()
-    contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
-    unknown = set(contenders) - {SLUICE, QUIX}
-    if unknown:
-        sys.exit(f"unknown contenders {sorted(unknown)}; valid: {SLUICE}, {QUIX}")
+    stack = harness.load_stack()
+    contenders = harness.parse_contenders(args.contenders, (SLUICE, QUIX))
     python = quix_python() if QUIX in contenders else None
 
-    source_at_start = source_state()
-    stamp = datetime.now(UTC)
-    tag = f"{stamp:%Y%m%dT%H%M%S}_{random.randrange(16**4):04x}"
+    source_at_start = harness.source_state()
+    session = harness.new_session("warehouse")
+    stamp, tag, run_root = session.stamp, session.tag, session.run_root
     topic = f"bench.app_logs.{tag}"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    run_root = Path(tempfile.mkdtemp(prefix=f"warehouse-{tag}-", dir=RESULTS))
     client = s3_client(stack)
     wait_s3(client, stack.bucket)
 
@@ -829,7 +515,7 @@ async def main_async(args: argparse.Namespace) -> int:
             await cleanup(stack, topic, groups, client, f"bench/{tag}/")
 
     print()
-    print_table(results)
+    print_results(results)
     print_footnote(results)
     summary = summarize(results)
     print()
@@ -838,8 +524,8 @@ async def main_async(args: argparse.Namespace) -> int:
         "benchmark": "warehouse_e2e",
         "started_utc": stamp.isoformat(),
         "command": "python -m bench.warehouse_e2e " + " ".join(sys.argv[1:]),
-        "machine": machine(),
-        "sluice_source": {"at_start": source_at_start, "at_end": source_state()},
+        "machine": harness.machine(),
+        "sluice_source": {"at_start": source_at_start, "at_end": harness.source_state()},
         "topic": topic,
         "partitions": args.partitions,
         "produced": asdict(produced),
@@ -849,9 +535,7 @@ async def main_async(args: argparse.Namespace) -> int:
         "summary": summary,
         "logs": str(run_root),
     }
-    out = RESULTS / f"warehouse-{stamp:%Y%m%dT%H%M%SZ}.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nresults: {out}\nlogs:    {run_root}")
+    harness.write_results("warehouse", stamp, report, logs=run_root)
     ok = all(r.completed and r.rows == r.records for r in results if not r.stack_restarted)
     return 0 if ok else 1
 
