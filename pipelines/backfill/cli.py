@@ -1,15 +1,47 @@
-"""``sluice verify`` and ``sluice backfill warehouse | cleanup | traces``."""
+"""``sluice verify`` and ``sluice backfill warehouse | cleanup | traces``.
+
+Exit codes, every command: 0 done (verify: every offset exactly once); 1 verify: a mismatch,
+backfill warehouse: chunks left or rows that would leave the range (rerun or widen it);
+2 refused before any change (bad config or arguments, range gone from Kafka, nothing
+committed, unknown table or destination); 3 stopped by an error of Kafka, the store or the
+catalog (said in one line; every step is idempotent: rerun the same command to resume).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from aiokafka.errors import KafkaError
+
 from pipelines.backfill.verify import dead_lettered, offset_ranges, verify_table
+from pipelines.errors import ConfigError, SluiceError
 from pipelines.settings import load_settings
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _guarded(handler: Handler) -> Handler:
+    """Errors become one line on stderr and an exit code (module docstring), not a trace."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        what = " ".join(["sluice", args.command, getattr(args, "backfill_command", "")]).strip()
+        try:
+            return handler(args)
+        except ConfigError as err:
+            print(f"{what}: {err}", file=sys.stderr)
+            return 2
+        except (SluiceError, KafkaError, OSError) as err:
+            print(f"{what}: {type(err).__name__}: {err}; rerun to resume", file=sys.stderr)
+            return 3
+
+    return run
 
 
 def parse_time(text: str) -> datetime:
@@ -141,7 +173,7 @@ def register(sub: Any) -> None:
     w.add_argument("--dry-run", action="store_true", help="show what would be rebuilt")
     w.add_argument("--run-id", help="name of the run (default: range + contract hash)")
     w.add_argument("--parallelism", type=int, help="chunks at once (backfill.parallelism)")
-    w.set_defaults(handler=_backfill_warehouse)
+    w.set_defaults(handler=_guarded(_backfill_warehouse))
     t = b_sub.add_parser(
         "traces", help="replay spans from Kafka into one destination (the router's delivery)"
     )
@@ -151,12 +183,12 @@ def register(sub: Any) -> None:
     t.add_argument(
         "--where", action="append", default=[], help="key=value (service.name, name, attribute)"
     )
-    t.set_defaults(handler=_backfill_traces)
+    t.set_defaults(handler=_guarded(_backfill_traces))
     c = b_sub.add_parser("cleanup", help="delete objects replaced longer than the grace ago")
     c.add_argument("--config", required=True, help="deployment YAML file")
     c.add_argument("--table", required=True)
     c.add_argument("--grace", type=float, help="seconds (default: backfill.grace_period)")
-    c.set_defaults(handler=_backfill_cleanup)
+    c.set_defaults(handler=_guarded(_backfill_cleanup))
 
     v = sub.add_parser(
         "verify", help="check a table against Kafka: every offset exactly once (exit 1 if not)"
@@ -169,4 +201,4 @@ def register(sub: Any) -> None:
         help="read every object of the table, not only the partitions the range's cuts and "
         "backfills wrote to (also finds stray copies elsewhere; costs a read of the table)",
     )
-    v.set_defaults(handler=_verify)
+    v.set_defaults(handler=_guarded(_verify))

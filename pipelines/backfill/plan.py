@@ -100,6 +100,11 @@ def plan_key(table: str, run: str) -> str:
     return f"{run_prefix(table, run)}plan.json"
 
 
+def done_key(table: str, run: str) -> str:
+    """Written when every hour of the run is swapped in: a rerun reports, and does nothing."""
+    return f"{run_prefix(table, run)}done.json"
+
+
 def hours_between(spec: TableSpec, start: datetime, end: datetime) -> list[str]:
     """The partition paths of ``[start, end)``; both ends must be partition boundaries."""
     step = timedelta(days=1) if spec.partitioning == "daily" else timedelta(hours=1)

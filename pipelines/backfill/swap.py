@@ -13,8 +13,10 @@ For every hour of the run, once every chunk is done:
    range) or named by their first offset (rows after it), then mark ``_SUCCESS`` if the old
    location had one, and write the hour's record (objects, rows before and after).
 4. **Swap** the catalog partition's location: one metastore call, so a query plans against
-   the old directory or the new one, never both; the old directory is kept for the grace
-   period (``locations.expire_replaced``).
+   the old directory or the new one, never both; then record the old directory as replaced
+   (``locations.record_replaced``): it is kept for the grace period from then on
+   (``locations.expire_replaced``). A kill before this record leaves the old directory
+   untouched until a rerun finishes the hour.
 
 Every step is idempotent, so a killed job redoes the hour and several processes may finish
 the same run at once.
@@ -42,6 +44,7 @@ from pipelines.catalog.locations import (
     current,
     default_prefix,
     generation_prefix,
+    record_replaced,
     record_swap,
 )
 from pipelines.errors import TerminalError
@@ -153,7 +156,8 @@ def finish_hour(
     previous = previous_prefix(store, spec.name, plan.run, path)
     if not rebuilt and not objects_in(store, previous):
         return HourSummary(path)  # nothing before, nothing now: no partition to swap
-    record_swap(store, spec.name, path, Location(new, plan.run, previous, time.time()))
+    loc = Location(new, plan.run, previous, time.time())
+    record_swap(store, spec.name, path, loc)
     # Fault injection for the resume test (unset in production): SIGKILL after the n-th
     # hour's location record, before its carry-over and catalog swap.
     kill_at = int(os.environ.get("SLUICE_FAILPOINT_KILL_AT_SWAP", "0") or 0)
@@ -177,6 +181,7 @@ def finish_hour(
     store.put(hour_key(spec.name, plan.run, path), json.dumps(record, sort_keys=True).encode())
     catalog.add_partitions(spec, location, [path])
     catalog.set_partition_location(spec, path, f"{location}/{new.removeprefix(spec.name + '/')}")
+    record_replaced(store, spec.name, path, loc)
     return summary
 
 
@@ -194,7 +199,7 @@ def _carry_over(
 
     for key in objects_in(store, previous):
         name = key.rsplit("/", 1)[-1]
-        topic, p, _ = _source(name)
+        topic, p, start = _source(name)
         data = store.get(key)
         if data is None:
             continue
@@ -204,6 +209,11 @@ def _carry_over(
         above = pc.greater_equal(offsets, pa.scalar(span[1], pa.int64()))
         outside = pc.or_(below, above)
         if pc.all(outside).as_py():
+            if span[0] <= start < span[1]:
+                # A cut that began inside the range but left this hour only rows after it:
+                # its name is a chunk's name too, so it is named by its first row instead.
+                first = pc.min(offsets).as_py()
+                name = f"{topic}-{p:05d}-{first:020d}.parquet"
             # Whole objects keep their names: a live copy of the same object is identical.
             put(name, data, len(offsets))
         elif pc.any(outside).as_py():  # straddles the range: split what is outside it

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import bisect
 import json
+import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -37,6 +38,7 @@ from pipelines.backfill.plan import Plan, plan_key
 from pipelines.backfill.swap import hour_key, objects_in
 from pipelines.catalog.finalizer import object_partition
 from pipelines.catalog.locations import Location, all_current, default_prefix
+from pipelines.errors import ConfigError, Problem, TransientError
 from pipelines.tables import TableSpec
 from pipelines.writers.manifest import Manifest, manifest_key, manifest_prefix
 from pipelines.writers.parquet import decode_parquet
@@ -99,7 +101,8 @@ async def offset_ranges(
     bootstrap: str, group: str, topics: Iterable[str], start: datetime, end: datetime
 ) -> dict[TP, tuple[int, int]]:
     """Per partition, [first offset at/after ``start``, first at/after ``end``), capped at
-    what ``group`` has committed."""
+    what ``group`` has committed. ``ConfigError`` if the group committed nothing at all."""
+    topics = list(topics)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
     )
@@ -113,20 +116,47 @@ async def offset_ranges(
         firsts = await consumer.offsets_for_times({tp: int(start.timestamp() * 1000) for tp in tps})
         lasts = await consumer.offsets_for_times({tp: int(end.timestamp() * 1000) for tp in tps})
         out: dict[TP, tuple[int, int]] = {}
+        committed = {tp: await consumer.committed(tp) for tp in tps}
+        if tps and all(c is None for c in committed.values()):
+            raise ConfigError(
+                [
+                    Problem(
+                        "warehouse.group_id",
+                        f"group {group} has committed nothing on {', '.join(topics)}: "
+                        "there is nothing to check (is it the group that writes this table?)",
+                    )
+                ]
+            )
         for tp in tps:
             lo = firsts[tp].offset if firsts[tp] is not None else ends[tp]
             hi = lasts[tp].offset if lasts[tp] is not None else ends[tp]
-            done = await consumer.committed(tp) or 0
+            done = committed[tp] or 0
             out[(tp.topic, tp.partition)] = (lo, max(lo, min(hi, done)))
         return out
     finally:
         await consumer.stop()
 
 
+def _letter_source(
+    headers: Sequence[tuple[str, bytes | None]], table: str
+) -> tuple[TP, int] | None:
+    """(source partition, offset) of a dead letter of ``table``; None for another table's
+    letter or one without readable source headers (it cannot account for an offset)."""
+    h = {k: v.decode(errors="replace") for k, v in headers if v is not None}
+    if h.get("sluice.table") != table:
+        return None
+    try:
+        topic = h["sluice.source.topic"]
+        return (topic, int(h["sluice.source.partition"])), int(h["sluice.source.offset"])
+    except (KeyError, ValueError):
+        return None
+
+
 async def dead_lettered(
-    bootstrap: str, table: str, topics: Iterable[str], suffix: str
+    bootstrap: str, table: str, topics: Iterable[str], suffix: str, read_timeout: float = 120.0
 ) -> dict[TP, set[int]]:
-    """Source offsets of this table's records in the dead-letter topics (read to their end)."""
+    """Source offsets of this table's records in the dead-letter topics, read to the end
+    offsets seen at the start; ``TransientError`` if that takes over ``read_timeout``."""
     out: dict[TP, set[int]] = defaultdict(set)
     for topic in topics:
         consumer = AIOKafkaConsumer(
@@ -143,16 +173,21 @@ async def dead_lettered(
             ends = await consumer.end_offsets(tps)
             await consumer.seek_to_beginning(*tps)
             remaining = {tp for tp in tps if ends[tp] > 0}
+            deadline = time.monotonic() + read_timeout
             while remaining:
+                if time.monotonic() > deadline:
+                    raise TransientError(
+                        f"{topic + suffix}: not read to its end in {read_timeout:.0f}s "
+                        f"({len(remaining)} partitions left); without it every dead letter "
+                        "would look like a gap"
+                    )
                 batch = await consumer.getmany(*remaining, timeout_ms=2000)
-                if not batch:
-                    break
-                for tp, records in batch.items():
+                for records in batch.values():
                     for rec in records:
-                        h = {k: v.decode() for k, v in rec.headers}
-                        if h.get("sluice.table") == table:
-                            src = (h["sluice.source.topic"], int(h["sluice.source.partition"]))
-                            out[src].add(int(h["sluice.source.offset"]))
+                        src = _letter_source(rec.headers, table)
+                        if src is not None:
+                            out[src[0]].add(src[1])
+                for tp in list(remaining):
                     if await consumer.position(tp) >= ends[tp]:
                         remaining.discard(tp)
         finally:

@@ -9,6 +9,7 @@ catalog).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from datetime import datetime, timedelta
 from pipelines.backfill.plan import (
     Plan,
     default_run_id,
+    done_key,
     hours_between,
     partition_states,
     plan_key,
@@ -55,6 +57,12 @@ async def make_plan(
         end + lateness,
     )
     problems = retention_problems(spec, hours, states, lateness)
+    if states and all(s.committed is None for s in states.values()):
+        problems = [
+            f"the live sink's group {settings.warehouse.group_id} has committed nothing on "
+            f"{', '.join(spec.topics)}: a backfill re-reads only what the live sink has "
+            "committed (check warehouse.group_id in the config; is the sink running?)"
+        ]
     if problems:
         for line in problems:
             say(line)
@@ -121,16 +129,21 @@ async def run_backfill(
     except TerminalError as err:
         say(str(err))
         return 2
-    grace = settings.backfill.grace_period_seconds
-    expired = await asyncio.to_thread(expire_replaced, store, spec.name, grace)
-    for prefix in expired:
-        say(f"deleted {prefix}/ (replaced more than {grace:.0f}s ago)")
     stored = await asyncio.to_thread(store.get, plan_key(spec.name, run))
     if stored is not None:
         plan = Plan.from_json(stored)
         if (plan.start, plan.end) != (start.isoformat(), end.isoformat()):
             say(f"run id {run} belongs to {plan.start} - {plan.end}; choose another --run-id")
             return 2
+        finished = await asyncio.to_thread(store.get, done_key(spec.name, run))
+        if finished is not None:
+            for line in json.loads(finished)["summary"]:
+                say(line)
+            say(
+                f"run {run} is complete: nothing to do. To rebuild these hours again (after "
+                "another fix, say), give a new --run-id"
+            )
+            return 0
         say(f"resuming run {run} (planned {time.ctime(plan.created_at)})")
     else:
         made = await make_plan(settings, spec, start, end, run, say)
@@ -141,6 +154,10 @@ async def run_backfill(
         describe(store, spec, plan, say)
         say("dry run: nothing written")
         return 0
+    grace = settings.backfill.grace_period_seconds
+    expired = await asyncio.to_thread(expire_replaced, store, spec.name, grace)
+    for prefix in expired:
+        say(f"deleted {prefix}/ (replaced more than {grace:.0f}s ago)")
     # The fixed contract may add columns: the catalog gets them before any hour is swapped,
     # and an incompatible contract is refused before any work.
     catalog = open_catalog(settings)
@@ -236,12 +253,23 @@ async def _execute(
                 finish_hour, store, catalog, spec, plan, path, rebuilt, before[path], location
             )
         )
-    say(f"{'partition':<24} {'rows before':>12} {'rows after':>12} {'rebuilt':>10} {'carried':>8}")
+    lines = [
+        f"{'partition':<24} {'rows before':>12} {'rows after':>12} {'rebuilt':>10} {'carried':>8}"
+    ]
     for s in summaries:
-        say(f"{s.path:<24} {s.rows_before:>12} {s.rows_after:>12} {s.rebuilt:>10} {s.carried:>8}")
+        lines.append(
+            f"{s.path:<24} {s.rows_before:>12} {s.rows_after:>12} {s.rebuilt:>10} {s.carried:>8}"
+        )
     rejected = sum(len(r.rejected) for r in results.values())
     if rejected:
-        say(f"{rejected} records do not decode: sent to the dead-letter topic with their reason")
+        lines.append(
+            f"{rejected} records do not decode: sent to the dead-letter topic with their reason"
+        )
     grace = settings.backfill.grace_period_seconds
-    say(f"swapped in {len(plan.hours)} partitions; replaced objects kept for {grace:.0f}s")
+    swapped = sum(1 for s in summaries if s.rows_before or s.rows_after)
+    lines.append(f"swapped in {swapped} partitions; replaced objects kept for {grace:.0f}s")
+    for line in lines:
+        say(line)
+    record = json.dumps({"summary": lines, "at": time.time()}).encode()
+    await asyncio.to_thread(store.put, done_key(spec.name, plan.run), record)
     return 0

@@ -8,9 +8,13 @@ that reads objects directly (``sluice verify``, the live sink, a later backfill)
 the engines once the swap is done. Directories starting with ``_`` are hidden from Hive,
 Spark and Trino listings, so a generation is never read twice through the table's root.
 
-The directory a generation replaced is recorded as ``_sluice/t/replaced/<run>/<path>`` and
-deleted once ``grace`` has passed (``expire_replaced``), so queries that resolved the old
-location just before the swap can still finish.
+The directory a generation replaced is recorded as ``_sluice/t/replaced/<run>/<path>`` only
+once the catalog points at the generation (``record_replaced``, the swap's last step), and
+deleted once ``grace`` has passed since then (``expire_replaced``), so queries that resolved
+the old location just before the swap can still finish. A swap killed between its location
+record and its catalog call leaves no replaced record: nothing is deleted until the rerun
+completes it. Expiry deletes only a partition's default directory or one of its
+generations, never a directory some partition's record names.
 
 Live writes into a swapped partition (records that arrive after the hour was rebuilt) are
 written to the default directory as always, and ``follow_location`` copies each such object
@@ -99,9 +103,17 @@ def all_current(store: ObjectStore, table: str) -> dict[str, Location]:
 
 
 def record_swap(store: ObjectStore, table: str, path: str, loc: Location) -> None:
+    """Step one of a swap: the partition's objects live at ``loc.prefix`` from now on."""
     store.put(location_key(table, path), loc.to_json())
+
+
+def record_replaced(
+    store: ObjectStore, table: str, path: str, loc: Location, clock: Callable[[], float] = time.time
+) -> None:
+    """The swap's last step, after the catalog points at ``loc.prefix``: ``loc.previous``
+    may be deleted once the grace period has passed from now."""
     if loc.previous != loc.prefix:
-        record = json.dumps({"prefix": loc.previous, "at": loc.swapped_at}).encode()
+        record = json.dumps({"prefix": loc.previous, "at": clock()}).encode()
         store.put(replaced_key(table, loc.run, path), record, if_absent=True)
 
 
@@ -154,9 +166,20 @@ def expire_replaced(
     live = {loc.prefix for loc in all_current(store, table).values()}
     done: list[str] = []
     for key, prefix in due:
-        if prefix not in live and prefix.startswith(f"{table}/"):
+        path = key.removeprefix(base).split("/", 1)[-1]
+        if prefix not in live and _is_partition_dir(table, path, prefix):
             for obj, _ in list(store.list(prefix + "/")):
                 store.delete(obj)
             done.append(prefix)
+        elif prefix not in live:
+            log.warning("%s: %s is not a directory of partition %s; not deleted", key, prefix, path)
         store.delete(key)
     return done
+
+
+def _is_partition_dir(table: str, path: str, prefix: str) -> bool:
+    """``prefix`` is ``path``'s default directory or one of its backfill generations."""
+    if prefix == default_prefix(table, path):
+        return True
+    run = prefix.removeprefix(f"{table}/_backfill/").removesuffix(f"/{path}")
+    return prefix == f"{table}/_backfill/{run}/{path}" and set(run) <= RUN_ID_CHARS and run != ""

@@ -356,10 +356,19 @@ async def test_a_killed_backfill_resumes_to_the_same_bytes_and_old_data_is_refus
         _spawn(config, subprocess_env, start, end, "killed", tmp_path / f"p{i}.log") for i in (0, 1)
     ]
     assert [p.wait(300) for p in pair] == [0, 0], (tmp_path / "p0.log").read_text()
-    assert "resuming run killed" in (tmp_path / "p0.log").read_text()
+    said = (tmp_path / "p0.log").read_text()
+    # Resumed, not planned again (a random-kill run may have finished it already).
+    assert "resuming run killed" in said or "run killed is complete" in said, said
 
     straight = backfill(config, subprocess_env, start, end, "--run-id", "straight")
     assert straight.returncode == 0, straight.stdout + straight.stderr
+    # Run again when done, it reports the run and changes nothing.
+    before_rerun = objects(s3, f"{unique}/app_logs/_backfill/straight/")
+    again = backfill(config, subprocess_env, start, end, "--run-id", "straight")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "run straight is complete: nothing to do" in again.stdout
+    assert "rows before" in again.stdout  # the stored summary
+    assert objects(s3, f"{unique}/app_logs/_backfill/straight/") == before_rerun
 
     def generation(run: str) -> dict[str, bytes]:
         base = f"{unique}/app_logs/_backfill/{run}/"
@@ -392,3 +401,13 @@ async def test_a_killed_backfill_resumes_to_the_same_bytes_and_old_data_is_refus
     assert f"{topic}[0] keeps records from {iso(h0 + HOUR_MS)}" in refused.stdout
     assert f"can be rebuilt starts at {iso(h0 + 2 * HOUR_MS)}" in refused.stdout
     assert not objects(s3, f"{unique}/app_logs/_backfill/old/")
+
+    # A config whose group never committed (not the group that writes the table): refused.
+    doc = yaml.safe_load(config.read_text())
+    doc["warehouse"]["group_id"] = f"{unique}-nobody"
+    stranger = tmp_path / "stranger.yaml"
+    stranger.write_text(yaml.safe_dump(doc))
+    alien = backfill(stranger, subprocess_env, start, end, "--run-id", "alien")
+    assert alien.returncode == 2, alien.stdout + alien.stderr
+    assert f"group {unique}-nobody has committed nothing on {topic}" in alien.stdout
+    assert not objects(s3, f"{unique}/app_logs/_backfill/alien/")

@@ -4,6 +4,7 @@ object, a deleted object and a gap."""
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from tests.sinkkit import (
     app_log,
@@ -49,6 +50,15 @@ async def test_verify_passes_then_finds_duplicates_missing_objects_and_gaps(
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "rows 2999, dead-lettered 1" in ok.stdout
     assert f"{topic}[0]: offsets 0-1499" in ok.stdout
+
+    # A group that never committed (not the one writing the table): refused, not "OK".
+    doc = yaml.safe_load(config.read_text())
+    doc["warehouse"]["group_id"] = f"{unique}-nobody"
+    stranger = tmp_path / "stranger.yaml"
+    stranger.write_text(yaml.safe_dump(doc))
+    refused = run_verify(stranger, subprocess_env)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert f"group {unique}-nobody has committed nothing on {topic}" in refused.stderr
 
     listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{unique}/app_logs/")["Contents"]
     objects = sorted(o["Key"] for o in listed if o["Key"].endswith(".parquet"))

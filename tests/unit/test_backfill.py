@@ -28,6 +28,7 @@ from pipelines.catalog.locations import (
     expire_replaced,
     follow_location,
     generation_prefix,
+    record_replaced,
     record_swap,
 )
 from pipelines.errors import TerminalError
@@ -97,8 +98,13 @@ def test_a_live_write_follows_a_swapped_partition_and_expiry_keeps_current(tmp_p
     store.put(live, b"late rows")
     assert follow_location(store, T, HOUR, live) == []  # not swapped: stays where it is
     new = generation_prefix(T, "r1", HOUR)
-    record_swap(store, T, HOUR, Location(new, "r1", f"{T}/{HOUR}", 1000.0))
+    loc = Location(new, "r1", f"{T}/{HOUR}", 1000.0)
+    record_swap(store, T, HOUR, loc)
     assert current_prefix(store, T, HOUR) == new
+    # Killed before the catalog swap: the old directory is not replaced yet, however late.
+    assert expire_replaced(store, T, 60, clock=lambda: 10**10) == []
+    assert store.get(live) == b"late rows"
+    record_replaced(store, T, HOUR, loc, clock=lambda: 1000.0)
     assert follow_location(store, T, HOUR, live) == [
         f"{new}/logs-00000-00000000000000000100.parquet"
     ]
@@ -108,6 +114,18 @@ def test_a_live_write_follows_a_swapped_partition_and_expiry_keeps_current(tmp_p
     assert expire_replaced(store, T, 60, clock=lambda: 1061.0) == [f"{T}/{HOUR}"]
     assert store.get(live) is None
     assert store.get(f"{new}/logs-00000-00000000000000000100.parquet") == b"late rows"
+    assert list(store.list(f"_sluice/{T}/replaced/")) == []
+
+
+def test_expiry_deletes_only_a_directory_of_the_partition(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path.as_uri())
+    other = f"{T}/dt=2026-11-25/hr=06"
+    store.put(f"{other}/a.parquet", b"rows of another hour")
+    gen = generation_prefix(T, "r2", HOUR)
+    # A corrupt (or hand-edited) record naming another partition's directory.
+    record_replaced(store, T, HOUR, Location(gen, "r2", other, 0.0), clock=lambda: 0.0)
+    assert expire_replaced(store, T, 60, clock=lambda: 100.0) == []
+    assert store.get(f"{other}/a.parquet") == b"rows of another hour"
     assert list(store.list(f"_sluice/{T}/replaced/")) == []
 
 
@@ -136,16 +154,23 @@ def test_carry_over_keeps_rows_outside_the_reread_range_under_stable_names(tmp_p
     store.put(f"{old}/{name(0, 40)}", rows([40, 41]))  # all after: copied as is
     store.put(f"{old}/{name(0, 12)}", rows([12, 13]))  # all re-read: dropped
     store.put(f"{old}/{name(1, 3)}", rows([3]))  # a partition the run did not read
+    # A cut that began at 10 (a chunk's start) but left this hour only rows after the range:
+    # named by its first row, so it cannot overwrite the rebuilt chunk object named 10.
+    store.put(f"{old}/{name(0, 10)}", rows([25, 26]))
     plan = Plan("r", T, "", "", (HOUR,), {("logs", 0): (10, 20)}, 100)
     new = generation_prefix(T, "r", HOUR)
+    chunk = f"{new}/{name(0, 10)}"
+    store.put(chunk, rows([10, 11]))
     carried, written = _carry_over(store, plan, old, new)
-    assert carried == 6
+    assert carried == 8
     assert {k.rsplit("/", 1)[1]: n for k, n in written} == {
         name(0, 0): 2,
+        name(0, 25): 2,
         name(0, 30): 1,
         name(0, 40): 2,
         name(1, 3): 1,
     }
+    assert offsets(store, chunk) == [10, 11]
     assert offsets(store, f"{new}/{name(0, 0)}") == [0, 5]
     assert offsets(store, f"{new}/{name(0, 30)}") == [30]
     assert store.get(f"{new}/{name(0, 40)}") == store.get(f"{old}/{name(0, 40)}")
