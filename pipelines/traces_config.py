@@ -7,10 +7,12 @@ live in the dataclasses below.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from pipelines.errors import ConfigError, Problem
 from pipelines.routing import RoutingTable
@@ -55,6 +57,9 @@ class DestinationSpec:
     breaker_failures: int = 5
     """Consecutive failed attempts that open the breaker (divert without trying)."""
     breaker_cooldown_seconds: float = 10.0
+    headers_from_env: Mapping[str, str] = field(default_factory=dict)
+    """otlp_http, zipkin: HTTP header name → environment variable holding its value (an
+    ``Authorization`` token, say). Values are read when a sender starts, never logged."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,10 @@ _DEST_KEYS: dict[str, tuple[str, Any]] = {
     "retry_attempts": ("retry_attempts", int),
     "breaker_failures": ("breaker_failures", int),
     "breaker_cooldown": ("breaker_cooldown_seconds", parse_duration),
+    "headers_from_env": ("headers_from_env", None),
 }
+_HEADER = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+_ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOP_KEYS = {
     "group_id",
     "topics",
@@ -100,6 +108,31 @@ _TOP_KEYS = {
     "retry_topic_prefix",
     "max_message_size",
 }
+
+
+def _has_userinfo(url: str) -> bool:
+    try:
+        return "@" in urlsplit(url).netloc
+    except ValueError:
+        return False
+
+
+def _headers_from_env(raw: object, where: str, problems: list[Problem]) -> dict[str, str]:
+    """``{Header-Name: ENV_VAR}``, each variable set now (its value is not kept here)."""
+    if not isinstance(raw, Mapping):
+        problems.append(Problem(where, "expected a mapping of header name to variable name"))
+        return {}
+    out: dict[str, str] = {}
+    for header, var in raw.items():
+        if not isinstance(header, str) or not _HEADER.match(header):
+            problems.append(Problem(f"{where}.{header}", "not an HTTP header name"))
+        elif not isinstance(var, str) or not _ENV_VAR.match(var):
+            problems.append(Problem(f"{where}.{header}", f"{var!r} is not a variable name"))
+        elif var not in os.environ:
+            problems.append(Problem(f"{where}.{header}", f"environment variable {var} is not set"))
+        else:
+            out[header] = var
+    return out
 
 
 def load_traces(raw: object, path: str = "traces") -> TracesConfig:
@@ -194,6 +227,8 @@ def _destinations(raw: object, path: str, problems: list[Problem]) -> dict[str, 
                 if key == "endpoints":
                     items = value if isinstance(value, list) else [value]
                     kwargs[target] = tuple(str(v).rstrip("/") for v in items)
+                elif key == "headers_from_env":
+                    kwargs[target] = _headers_from_env(value, f"{where}.{key}", problems)
                 else:
                     kwargs[target] = parser(value)
             except (TypeError, ValueError) as err:
@@ -217,8 +252,16 @@ def _destinations(raw: object, path: str, problems: list[Problem]) -> dict[str, 
         if not need[1]:
             problems.append(Problem(f"{where}.{need[0]}", f"required for type {kind}"))
         for i, url in enumerate(dest.endpoints or ((dest.endpoint,) if dest.endpoint else ())):
-            if not re.match(r"^https?://[^/\s]+", url):
-                key = f"endpoints[{i}]" if dest.endpoints else "endpoint"
+            key = f"endpoints[{i}]" if dest.endpoints else "endpoint"
+            if _has_userinfo(url):
+                problems.append(
+                    Problem(
+                        f"{where}.{key}",
+                        "credentials in a URL end up in logs: keep them in the environment "
+                        "and name the variable in headers_from_env (Authorization: VAR)",
+                    )
+                )
+            elif not re.match(r"^https?://[^/\s]+", url):
                 problems.append(Problem(f"{where}.{key}", f"{url!r} is not an http(s) URL"))
         if dest.topic and not _TOPIC.match(dest.topic):
             problems.append(Problem(f"{where}.topic", "not a valid Kafka topic name"))

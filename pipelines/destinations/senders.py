@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable, Sequence
+import os
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 import aiohttp
@@ -34,14 +35,24 @@ def shard(trace_id: bytes, endpoints: Sequence[str]) -> int:
     return max(range(len(endpoints)), key=weights.__getitem__)
 
 
+def env_headers(spec: DestinationSpec) -> dict[str, str]:
+    """The destination's ``headers_from_env``, read from the environment now. The values
+    stay in the sender: error messages name the URL and status, never a header."""
+    return {header: os.environ[var] for header, var in spec.headers_from_env.items()}
+
+
 async def _post(
-    session: aiohttp.ClientSession, url: str, body: bytes, content_type: str, seconds: float
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    seconds: float,
 ) -> None:
     try:
         async with session.post(
             url,
             data=body,
-            headers={"Content-Type": content_type},
+            headers=headers,
             timeout=aiohttp.ClientTimeout(total=seconds),
         ) as resp:
             if 200 <= resp.status < 300:
@@ -63,6 +74,7 @@ class OtlpHttpSender:
 
     def __init__(self, spec: DestinationSpec) -> None:
         self.urls = [f"{e}/v1/traces" for e in spec.endpoints]
+        self.headers = {**env_headers(spec), "Content-Type": "application/x-protobuf"}
         self.timeout = spec.timeout_seconds
         self._session: aiohttp.ClientSession | None = None
 
@@ -82,7 +94,7 @@ class OtlpHttpSender:
                     session,
                     self.urls[i],
                     to_otlp_proto(group),
-                    "application/x-protobuf",
+                    self.headers,
                     self.timeout,
                 )
                 for i, group in groups.items()
@@ -99,13 +111,14 @@ class ZipkinSender:
 
     def __init__(self, spec: DestinationSpec) -> None:
         self.url = f"{spec.endpoint}/api/v2/spans"
+        self.headers = {**env_headers(spec), "Content-Type": "application/json"}
         self.timeout = spec.timeout_seconds
         self._session: aiohttp.ClientSession | None = None
 
     async def send(self, spans: Sequence[SpanView]) -> None:
         session = self._session = self._session or aiohttp.ClientSession()
         body = await asyncio.to_thread(to_zipkin_json, spans)
-        await _post(session, self.url, body, "application/json", self.timeout)
+        await _post(session, self.url, body, self.headers, self.timeout)
 
     async def close(self) -> None:
         if self._session is not None:
