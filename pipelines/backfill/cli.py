@@ -154,6 +154,19 @@ def _backfill_traces(args: argparse.Namespace) -> int:
     )
 
 
+def _bounded(kind: Callable[[str], float], low: float, high: float) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from err
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is outside {low:g}..{high:g}")
+        return value
+
+    return parse
+
+
 def _range_args(p: Any) -> None:
     p.add_argument("--config", required=True, help="deployment YAML file")
     p.add_argument("--from", dest="since", required=True, type=parse_time, help="ISO time (UTC)")
@@ -172,7 +185,12 @@ def register(sub: Any) -> None:
     w.add_argument("--table", required=True)
     w.add_argument("--dry-run", action="store_true", help="show what would be rebuilt")
     w.add_argument("--run-id", help="name of the run (default: range + contract hash)")
-    w.add_argument("--parallelism", type=int, help="chunks at once (backfill.parallelism)")
+    w.add_argument(
+        "--parallelism",
+        type=_bounded(int, 1, 64),
+        help="chunks at once, 1-64 (backfill.parallelism); each holds up to "
+        "backfill.chunk_records records in memory",
+    )
     w.set_defaults(handler=_guarded(_backfill_warehouse))
     t = b_sub.add_parser(
         "traces", help="replay spans from Kafka into one destination (the router's delivery)"
@@ -187,7 +205,11 @@ def register(sub: Any) -> None:
     c = b_sub.add_parser("cleanup", help="delete objects replaced longer than the grace ago")
     c.add_argument("--config", required=True, help="deployment YAML file")
     c.add_argument("--table", required=True)
-    c.add_argument("--grace", type=float, help="seconds (default: backfill.grace_period)")
+    c.add_argument(
+        "--grace",
+        type=_bounded(float, 0, float("inf")),
+        help="seconds (default: backfill.grace_period)",
+    )
     c.set_defaults(handler=_guarded(_backfill_cleanup))
 
     v = sub.add_parser(

@@ -223,16 +223,19 @@ def retention_problems(
     hours: Sequence[str],
     states: dict[TP, PartitionState],
     lateness: timedelta,
+    now: datetime | None = None,
 ) -> list[str]:
     """Hours whose records may no longer all be in Kafka, with each partition's earliest
     retained time: a partition that lost records (log start > 0) must still hold everything
     from an hour's start minus ``lateness``."""
     from pipelines.catalog.finalizer import partition_bounds
 
+    now = datetime.now(UTC) if now is None else now
     lost = {
-        tp: s.earliest_time
+        # A partition whose whole log was deleted (start == end > 0) keeps nothing before now.
+        tp: s.earliest_time or now
         for tp, s in states.items()
-        if s.earliest > 0 and s.earliest_time is not None
+        if s.earliest > 0 and (s.earliest_time is not None or s.earliest >= s.end)
     }
     if not lost:
         return []
@@ -249,6 +252,8 @@ def retention_problems(
         f"{', '.join(gone)}",
         *(
             f"  {t}[{p}] keeps records from {when.isoformat()} (offset {states[(t, p)].earliest})"
+            if states[(t, p)].earliest_time is not None
+            else f"  {t}[{p}] keeps no records (offsets 0-{states[(t, p)].earliest - 1} deleted)"
             for (t, p), when in sorted(lost.items())
         ),
         f"  the earliest partition that can be rebuilt starts at {first_ok.isoformat()} "

@@ -181,6 +181,15 @@ def finish_hour(
     store.put(hour_key(spec.name, plan.run, path), json.dumps(record, sort_keys=True).encode())
     catalog.add_partitions(spec, location, [path])
     catalog.set_partition_location(spec, path, f"{location}/{new.removeprefix(spec.name + '/')}")
+    standing = current(store, spec.name, path)
+    if standing is not None and standing.run != plan.run:
+        # Another run swapped the hour meanwhile: the catalog follows its (later) record.
+        there = standing.prefix.removeprefix(spec.name + "/")
+        catalog.set_partition_location(spec, path, f"{location}/{there}")
+        raise TerminalError(
+            f"{path}: backfill run {standing.run} swapped this partition while run {plan.run} "
+            f"did; it stays with {standing.run}. Run one backfill per partition at a time"
+        )
     record_replaced(store, spec.name, path, loc)
     return summary
 

@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pipelines.backfill.progress import Progress
 from pipelines.destinations.queue import DestinationQueue, Entry
 from pipelines.destinations.senders import make_sender
-from pipelines.errors import TerminalError
+from pipelines.errors import TerminalError, TransientError
 from pipelines.settings import Settings
 from pipelines.spans import SpanLimits, SpanView, get_decoder, to_otlp_proto
 from pipelines.traces_config import TracesConfig
@@ -108,7 +108,12 @@ async def _ranges(
         for tp in tps:
             a = lo[tp].offset if lo[tp] is not None else ends[tp]
             b = hi[tp].offset if hi[tp] is not None else ends[tp]
-            if begins[tp] > 0 and a <= begins[tp] < ends[tp]:
+            if begins[tp] > 0 and begins[tp] == ends[tp]:
+                problems.append(
+                    f"{tp.topic}[{tp.partition}] keeps no records (offsets 0-{begins[tp] - 1} "
+                    "deleted): the range is gone from Kafka"
+                )
+            elif begins[tp] > 0 and a <= begins[tp] < ends[tp]:
                 first = lo[tp]
                 when = (
                     datetime.fromtimestamp(first.timestamp / 1000, UTC).isoformat()
@@ -123,6 +128,16 @@ async def _ranges(
         return out, problems
     finally:
         await consumer.stop()
+
+
+IDLE_SECONDS = 60.0
+
+
+def _alive(runner: asyncio.Future[None]) -> None:
+    """Raise the delivery queue's error if it stopped: nothing would deliver what is left."""
+    if runner.done():
+        runner.result()
+        raise TransientError("the delivery queue stopped before every span was delivered")
 
 
 async def replay_traces(
@@ -189,9 +204,18 @@ async def replay_traces(
                 continue
             consumer.assign([tp])
             consumer.seek(tp, a)
+            idle_since = time.monotonic()
             while await consumer.position(tp) < b:
+                _alive(runner)
                 batch = await consumer.getmany(tp, timeout_ms=2000, max_records=2000)
                 records = [r for r in batch.get(tp, []) if r.offset < b]
+                if records:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since > IDLE_SECONDS:
+                    raise TransientError(
+                        f"{tp.topic}[{tp.partition}]: nothing read for {IDLE_SECONDS:.0f}s "
+                        f"at offset {await consumer.position(tp)} of {b}"
+                    )
                 now_ns = time.time_ns()
                 for rec in records:
                     decoded = decoders[tp.topic].decode(rec.value or b"", now_ns)
@@ -208,8 +232,13 @@ async def replay_traces(
                         queue.put(Entry(tp, rec.offset, serial, spans))
                 progress.advance(len(records))
                 while queue.queued_spans > spec.max_queue_spans // 2:
+                    _alive(runner)
                     await asyncio.sleep(0.05)  # keep the replay inside the queue's bound
-        await all_done.wait()
+        waiter = asyncio.ensure_future(all_done.wait())
+        await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if not waiter.done():
+            waiter.cancel()
+            _alive(runner)
     finally:
         progress.close()
         await consumer.stop()

@@ -83,6 +83,12 @@ def test_retention_names_the_hours_gone_and_the_first_that_can_be_rebuilt() -> N
     assert lines[-1].split("starts at ")[1].startswith("2026-11-25T05:00:00+00:00")
     # Nothing deleted (log start 0): nothing refused, however old the hours.
     assert retention_problems(SPEC, hours, {("t", 0): state(0, at(4, 5))}, timedelta(0)) == []
+    # The whole log deleted (start == end): every hour before now is gone.
+    emptied = {("t", 0): PartitionState(1000, None, 1000, 1000, 1000, 1000)}
+    lines = retention_problems(SPEC, hours, emptied, timedelta(0), now=at(7))
+    assert lines[0].startswith("3 of the 3 partitions are no longer (fully) in Kafka")
+    assert "t[0] keeps no records (offsets 0-999 deleted)" in lines[1]
+    assert lines[-1].split("starts at ")[1].startswith("2026-11-25T07:00:00+00:00")
 
 
 def test_run_ids_cannot_escape_or_look_like_partitions() -> None:
