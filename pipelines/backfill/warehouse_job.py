@@ -132,7 +132,8 @@ async def run_backfill(
     stored = await asyncio.to_thread(store.get, plan_key(spec.name, run))
     if stored is not None:
         plan = Plan.from_json(stored)
-        if (plan.start, plan.end) != (start.isoformat(), end.isoformat()):
+        planned = (datetime.fromisoformat(plan.start), datetime.fromisoformat(plan.end))
+        if planned != (start, end):  # instants: 06:00+02:00 is 04:00Z
             say(f"run id {run} belongs to {plan.start} - {plan.end}; choose another --run-id")
             return 2
         finished = await asyncio.to_thread(store.get, done_key(spec.name, run))
