@@ -3,6 +3,10 @@
 Guarantee: ``DeadLetterWriter.send`` returns only after the broker acknowledged every record
 (acks=all), so the sink may then commit the source offsets. Delivery is at-least-once: a
 replay of a cut can dead-letter a record again; the ``sluice.source.*`` headers identify it.
+A value over ``MAX_LETTER_VALUE_BYTES`` (an oversized record, typically) is left out and
+``sluice.value_omitted`` says its size: the letter must fit the dead-letter topic, or the
+partition could never commit past it. Producer errors become ``TransientError`` (retried
+with the cut) or ``TerminalError``.
 """
 
 from __future__ import annotations
@@ -10,6 +14,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from pipelines.errors import TerminalError, TransientError
+
+MAX_LETTER_VALUE_BYTES = 900 * 1024
+"""Under Kafka's default topic limit (``max.message.bytes``, 1 MiB) with room for headers."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +32,13 @@ class DeadLetter:
     reason: str
     detail: str
     table: str
+
+    def payload(self) -> tuple[bytes | None, list[tuple[str, bytes]]]:
+        """The value and headers to produce: the value only if it fits the topic."""
+        if self.value is None or len(self.value) <= MAX_LETTER_VALUE_BYTES:
+            return self.value, self.headers()
+        omitted = f"{len(self.value)} bytes, over the dead-letter limit of {MAX_LETTER_VALUE_BYTES}"
+        return None, [*self.headers(), ("sluice.value_omitted", omitted.encode())]
 
     def headers(self) -> list[tuple[str, bytes]]:
         return [
@@ -62,10 +78,31 @@ class DeadLetterWriter:
     async def send(self, letters: Sequence[DeadLetter]) -> None:
         import asyncio
 
-        futures = [
-            await self.producer.send(
-                self.topic_for(d.topic), value=d.value, key=d.key, headers=d.headers()
-            )
-            for d in letters
-        ]
-        await asyncio.gather(*futures)
+        try:
+            futures = []
+            for d in letters:
+                value, headers = d.payload()
+                futures.append(
+                    await self.producer.send(
+                        self.topic_for(d.topic), value=value, key=d.key, headers=headers
+                    )
+                )
+            await asyncio.gather(*futures)
+        except Exception as err:
+            raise translate_produce_error(err, "dead letters") from err
+
+
+def translate_produce_error(err: Exception, what: str) -> Exception:
+    """A producer's exception (aiokafka's, or Faust's wrapper of one) as ours: retriable
+    broker errors and timeouts are transient, the rest terminal."""
+    from aiokafka.errors import KafkaError, KafkaTimeoutError
+
+    cause: BaseException = err
+    while not isinstance(cause, KafkaError) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    if isinstance(cause, TransientError | TerminalError):
+        return cause
+    retriable = isinstance(cause, KafkaError) and bool(getattr(cause, "retriable", False))
+    if retriable or isinstance(cause, TimeoutError | KafkaTimeoutError):
+        return TransientError(f"{what}: {type(cause).__name__}: {cause}")
+    return TerminalError(f"{what}: {type(err).__name__}: {err}")

@@ -114,19 +114,49 @@ class BatchApp(faust.App):
         consumer = cast(faust_aiokafka.Consumer, self.consumer)
         return bool(await consumer._commit_offsets({ensure_TP(tp): offset}))
 
-    async def start_of(self, tp: Any) -> int | None:
-        """The offset a newly owned partition must be read from: the group's committed
-        offset, else the log start (``auto_offset_reset=earliest``)."""
+    async def start_of(self, tp: Any, first: int) -> int | None:
+        """The offset a newly owned partition must be read from (``partitions.StartOf``):
+        the group's committed offset, else the log start (``auto_offset_reset=earliest``);
+        when ``first`` lies past it, the first record at or after it, read by a probe
+        consumer of its own (offsets in between may hold no record: transaction markers,
+        compaction, retention). A probe that reads nothing says the committed offset."""
         from aiokafka import TopicPartition
 
         thread = cast(Any, self.consumer)._thread
         consumer = thread._ensure_consumer()
         atp = TopicPartition(tp.topic, tp.partition)
         committed = await thread.call_thread(consumer.committed, atp)
-        if committed is not None:
-            return int(committed)
-        begins = await thread.call_thread(consumer.beginning_offsets, [atp])
-        return int(begins[atp])
+        if committed is None:
+            begins = await thread.call_thread(consumer.beginning_offsets, [atp])
+            committed = begins[atp]
+        must = int(committed)
+        if first <= must:
+            return must
+        found = await self._first_record_at(atp, must)
+        return must if found is None else found
+
+    async def _first_record_at(self, atp: Any, offset: int) -> int | None:
+        from aiokafka import AIOKafkaConsumer
+
+        servers = [str(url).split("://", 1)[-1] for url in self.conf.broker]
+        probe = AIOKafkaConsumer(
+            bootstrap_servers=",".join(servers),
+            client_id=f"{self.conf.broker_client_id}-probe",
+            enable_auto_commit=False,
+        )
+        try:
+            await probe.start()
+            probe.assign([atp])
+            begins = await probe.beginning_offsets([atp])
+            probe.seek(atp, max(offset, begins[atp]))
+            batch = await probe.getmany(atp, timeout_ms=5000, max_records=1)
+            records = batch.get(atp, [])
+            return int(records[0].offset) if records else None
+        except Exception as err:  # unknown: the caller keeps the committed offset
+            log.warning("%s[%d]: probe at %d failed: %r", atp.topic, atp.partition, offset, err)
+            return None
+        finally:
+            await probe.stop()
 
     async def rewind(self, tp: Any, offset: int) -> None:
         """Seek ``tp``'s fetch position back to ``offset``, in the consumer's own thread

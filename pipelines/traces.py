@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any, cast
 
 from pipelines import trace_metrics as tm
-from pipelines.deadletter import DeadLetter
+from pipelines.deadletter import DeadLetter, translate_produce_error
 from pipelines.destinations.queue import DestinationQueue, Entry
 from pipelines.destinations.senders import make_sender
 from pipelines.destinations.table import TableDestination
-from pipelines.errors import ConfigError, Problem
+from pipelines.errors import ConfigError, Problem, TransientError
 from pipelines.faust_batch import BatchApp, with_failpoint
 from pipelines.routing.conditions import AttrValue
 from pipelines.routing.tracker import OffsetTracker
@@ -216,8 +216,24 @@ class TraceRouter:
             self.queues[dest].put(Entry(tp, rec.offset, gen, spans))
 
     async def _dead_letter(self, tp: Any, letter: DeadLetter, gen: int) -> None:
+        """Send the letter, retrying transient errors; a terminal one stops the worker
+        (the offset must not stay open silently, nor be committed without its letter)."""
         topic = f"{letter.topic}{self.cfg.dead_letter_suffix}"
-        await self.app.produce(topic, letter.value or b"", letter.key, letter.headers())
+        value, headers = letter.payload()
+        delay = 0.2
+        while True:
+            try:
+                await self.app.produce(topic, value or b"", letter.key, headers)
+                break
+            except Exception as err:
+                problem = translate_produce_error(err, f"dead letter to {topic}")
+                if not isinstance(problem, TransientError):
+                    log.error("%s; stopping the worker", problem)
+                    self.app.crash_soon(problem)
+                    return
+                log.warning("%s; retrying in %.1fs", problem, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
         tm.DEAD_LETTERED.labels(letter.topic, letter.reason).inc()
         self.tracker.done(tp, letter.offset, gen)
 
@@ -264,7 +280,7 @@ class TraceRouter:
     async def _check_start(self, tp: Any, first: int) -> None:
         """A newly owned partition must be read from the committed offset: a fetch position
         that survived a rebalance would otherwise make its commits skip records."""
-        must = await self.app.start_of(tp)
+        must = await self.app.start_of(tp, first)
         if must is None or first <= must:
             self.tracker.mark_checked(tp)
             return

@@ -140,6 +140,7 @@ def build_app(
         broker_heartbeat_interval=max(1.0, settings.kafka.session_timeout_seconds / 10),
         consumer_auto_offset_reset="earliest",
         consumer_max_fetch_size=4 << 20,
+        producer_max_request_size=1 << 20,  # dead letters: values over 900 KiB are left out
         broker_max_poll_interval=max(300.0, 2 * w.rotation.max_age_seconds + 60),
         web_enabled=settings.metrics.port != 0,
         web_port=settings.metrics.port or 6066,

@@ -80,8 +80,11 @@ class CutSink(Protocol):
 
 Committer = Callable[[TopicPartition, int], Awaitable[bool]]
 Pauser = Callable[[set[TopicPartition]], None]
-StartOf = Callable[[TopicPartition], Awaitable[int | None]]
-"""Where a newly owned partition must start: the group's committed offset, else the log start."""
+StartOf = Callable[[TopicPartition, int], Awaitable[int | None]]
+"""Where a newly owned partition must start, given the first offset it was fetched from:
+the offset of the first *record* at or after the group's committed offset (else the log
+start). Offsets without a record (transaction markers, compacted or deleted records) do not
+count, so a first record past them is where the partition must start."""
 Rewind = Callable[[TopicPartition, int], Awaitable[None]]
 """Seek the consumer of a partition back to an offset."""
 
@@ -309,7 +312,7 @@ class PartitionSet:
             st.checked = True
             return False
         try:
-            must = await self._start_of(tp)
+            must = await self._start_of(tp, cut.start)
         except Exception as err:  # unknown: check again before the next attempt
             log.warning(
                 "%s[%d]: committed offset unknown (%r); checking again", tp.topic, tp.partition, err
@@ -331,6 +334,8 @@ class PartitionSet:
         metrics.REWINDS.labels(tp.topic).inc()
         self._forget(tp)
         await self._rewind(tp, must)
+        # Its fetching may have been paused (backlog, memory): no state is left to resume it.
+        self._resume({tp})
         return True
 
     def _reform(self, tp: TopicPartition, st: _State, standing_end: int) -> None:

@@ -69,6 +69,8 @@ def translate_s3_error(err: Exception, what: str) -> Exception:
         ClientError,
         ConnectTimeoutError,
         EndpointConnectionError,
+        NoCredentialsError,
+        ParamValidationError,
         ReadTimeoutError,
     )
     from botocore.exceptions import (
@@ -85,6 +87,8 @@ def translate_s3_error(err: Exception, what: str) -> Exception:
         if code in _TRANSIENT_CODES or status >= 500 or status == 429:
             return TransientError(f"{what}: S3 {code} (HTTP {status})")
         return TerminalError(f"{what}: S3 {code} (HTTP {status})")
+    if isinstance(err, NoCredentialsError | ParamValidationError):
+        return TerminalError(f"{what}: {type(err).__name__}")
     return TransientError(f"{what}: {type(err).__name__}: {err}")
 
 
@@ -116,8 +120,10 @@ class S3Store:
             return True
         except ClientError as err:
             code = err.response.get("Error", {}).get("Code")
-            if if_absent and code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            if if_absent and code in ("PreconditionFailed", "412"):
                 return False
+            if if_absent and code == "ConditionalRequestConflict":  # a racing write in flight
+                raise TransientError(f"put s3://{self.bucket}/{self._key(key)}: {code}") from err
             raise translate_s3_error(err, f"put s3://{self.bucket}/{self._key(key)}") from err
         except Exception as err:
             raise translate_s3_error(err, f"put s3://{self.bucket}/{self._key(key)}") from err

@@ -216,3 +216,55 @@ async def test_values_never_escape_the_table_prefix(
     table, keys = read_table(s3, BUCKET, f"{unique}/inner/app_logs/")
     assert sorted(table.column("event_id").to_pylist()) == sorted(hostile)  # kept as data
     assert all(k.count("/") == 5 for k in keys), keys  # inner/app_logs/dt/hr/file
+
+
+async def _produce_in_transaction(bootstrap: str, topic: str, values: list[bytes], tid: str) -> int:
+    """Produce ``values`` to partition 0 in one transaction; returns the last offset."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=tid)
+    await producer.start()
+    try:
+        async with producer.transaction():
+            futures = [await producer.send(topic, v, partition=0) for v in values]
+        return max([(await f).offset for f in futures])
+    finally:
+        await producer.stop()
+
+
+async def test_a_transactional_topic_is_resumed_past_its_commit_markers(
+    bootstrap, stack_env, s3, unique, tmp_path, subprocess_env
+) -> None:
+    """A transaction's commit marker takes an offset no consumer sees: the committed offset
+    (last record + 1) is the marker's, and a new owner's first record lies past it. The
+    worker must carry on from there, not seek back to the marker again and again."""
+    topic, group = f"{unique}.logs", f"{unique}-g"
+    await create_topic(bootstrap, topic, 1)
+    config = write_deployment(
+        tmp_path,
+        topic,
+        bootstrap,
+        stack_env["AWS_ENDPOINT_URL_S3"],
+        f"s3://{BUCKET}/{unique}",
+        group,
+        rotation={"max_rows": 10, "max_age": "1s"},
+    )
+    first = [encode(app_log(i)) for i in range(10)]
+    last = await _produce_in_transaction(bootstrap, topic, first, f"{unique}-t")
+    assert last == 9  # the marker is offset 10
+    worker = start_worker(config, tmp_path / "w1.log", subprocess_env)
+    try:
+        await wait_committed(bootstrap, group, topic, {0: 10}, 90, [worker])
+    finally:
+        assert stop_worker(worker) == 0
+    second = [encode(app_log(i)) for i in range(10, 20)]
+    last = await _produce_in_transaction(bootstrap, topic, second, f"{unique}-t")
+    assert last == 20  # records 11-20, marker 21; the group's committed offset is 10
+    worker = start_worker(config, tmp_path / "w2.log", subprocess_env)
+    try:
+        await wait_committed(bootstrap, group, topic, {0: 21}, 60, [worker])
+    finally:
+        assert stop_worker(worker) == 0
+    table, _ = read_table(s3, BUCKET, f"{unique}/app_logs/")
+    assert sorted(table.column("_offset").to_pylist()) == [*range(10), *range(11, 21)]
+    assert "seeking back" not in (tmp_path / "w2.log").read_text()

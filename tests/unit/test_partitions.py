@@ -500,7 +500,7 @@ async def test_a_new_partition_fetched_past_its_committed_offset_is_re_read_from
     rewinds: list[tuple[TopicPartition, int]] = []
     committed_at = {A: 6500, B: 0}
 
-    async def start_of(tp: TopicPartition) -> int | None:
+    async def start_of(tp: TopicPartition, first: int) -> int | None:
         return committed_at[tp]
 
     async def rewind(tp: TopicPartition, offset: int) -> None:
@@ -512,6 +512,7 @@ async def test_a_new_partition_fetched_past_its_committed_offset_is_re_read_from
         await until(lambda: rewinds == [(A, 6500)])
         assert h.sink.written == [] and h.committed(A) == []
         assert A not in h.ps.parts and h.ps.budget.used == 0
+        assert {A} in h.resumed  # a pause of the forgotten state must not outlive it
         # Read again from the committed offset: written and committed as usual.
         add_each(h, A, recs(6500, 6503))
         await until(lambda: h.committed(A) == [6503])
