@@ -198,11 +198,12 @@ class TraceRouter:
                 tm.DROPPED.labels(decision.dropped).inc()
         tm.SPANS_IN.labels(tp.topic).inc(len(decoded.batch.spans))
         gen = self.tracker.open(tp, rec.offset, len(shares) + (letter is not None))
+        per_span = len(rec.value or b"") // max(len(decoded.batch.spans), 1)
         for dest, spans in shares.items():
             if dest in self.tables:
                 selected[dest].append((rec.offset, gen))
             else:
-                self.queues[dest].put(Entry(tp, rec.offset, gen, spans))
+                self.queues[dest].put(Entry(tp, rec.offset, gen, spans, per_span * len(spans)))
         for name, table_shares in routed.items():  # every record, for contiguous cuts
             table_shares.append(shares.get(name, ()))
         if letter is not None:
@@ -213,7 +214,7 @@ class TraceRouter:
         spans = decoded.batch.spans
         gen = self.tracker.open(tp, rec.offset, 1 if spans else 0)
         if spans:
-            self.queues[dest].put(Entry(tp, rec.offset, gen, spans))
+            self.queues[dest].put(Entry(tp, rec.offset, gen, spans, len(rec.value or b"")))
 
     async def _dead_letter(self, tp: Any, letter: DeadLetter, gen: int) -> None:
         """Send the letter, retrying transient errors; a terminal one stops the worker
@@ -267,6 +268,8 @@ class TraceRouter:
         tps: list[Any] = [tp for tp, p in self.tracker.parts.items() if p.checked]
         for tp in tps:
             offset = self.tracker.committable(tp)
+            for table in self.tables.values():  # only where every table's cut begins
+                offset = None if offset is None else table.commit_point(tp, offset)
             if offset is not None and offset > self.committed.get(tp, -1):
                 if await self._commit_offset(tp, offset):
                     self.committed[tp] = offset
@@ -303,7 +306,9 @@ class TraceRouter:
         quarter, to resume), or too many messages are open. One lagging destination alone
         never pauses fetching: its overflow is diverted to its retry topic instead."""
         share = 0.25 if resume else 0.5
-        busy = all(q.queued_spans >= share * q.spec.max_queue_spans for q in self.queues.values())
+        busy = bool(self.queues) and all(
+            q.queued_spans >= share * q.spec.max_queue_spans for q in self.queues.values()
+        )
         limit = MAX_OPEN_MESSAGES // 2 if resume else MAX_OPEN_MESSAGES
         return busy or self.tracker.open_count() > limit
 
@@ -313,7 +318,15 @@ class TraceRouter:
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_ended)
+
+    def _task_ended(self, task: asyncio.Future[Any]) -> None:
+        """A task that ends with an error would leave offsets open forever: stop loudly."""
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            err = task.exception()
+            log.error("a router task failed: %r; stopping the worker", err)
+            self.app.crash_soon(cast(BaseException, err))
 
     def start(self) -> None:
         for queue in self.queues.values():

@@ -268,5 +268,15 @@ def _destinations(raw: object, path: str, problems: list[Problem]) -> dict[str, 
         for fname in ("max_batch_spans", "max_queue_spans", "retry_attempts", "breaker_failures"):
             if getattr(dest, fname) <= 0:
                 problems.append(Problem(f"{where}.{fname}", "must be positive"))
+        for key, fname, least in (
+            ("timeout", "timeout_seconds", 1e-3),
+            ("retry_initial", "retry_initial_seconds", 1e-3),
+            ("retry_max", "retry_max_seconds", dest.retry_initial_seconds),
+            ("max_wait", "max_wait_seconds", 0.0),
+            ("breaker_cooldown", "breaker_cooldown_seconds", 0.0),
+            ("max_batch_size", "max_batch_bytes", 1024),
+        ):
+            if getattr(dest, fname) < least:
+                problems.append(Problem(f"{where}.{key}", f"must be at least {least:g}"))
         out[str(name)] = dest
     return out

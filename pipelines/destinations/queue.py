@@ -40,6 +40,8 @@ class Entry:
     offset: int
     generation: int
     spans: Sequence[SpanView]
+    nbytes: int = 0
+    """Estimated encoded size (the message's share of its bytes), for ``max_batch_size``."""
 
 
 Done = Callable[[Entry], None]
@@ -132,12 +134,18 @@ class DestinationQueue:
 
     def _take(self) -> list[Entry]:
         batch: list[Entry] = []
-        spans = 0
+        spans = nbytes = 0
+        limit = self.spec
         while self.entries and (
-            not batch or spans + len(self.entries[0].spans) <= self.spec.max_batch_spans
+            not batch
+            or (
+                spans + len(self.entries[0].spans) <= limit.max_batch_spans
+                and nbytes + self.entries[0].nbytes <= limit.max_batch_bytes
+            )
         ):
             e = self.entries.popleft()
             spans += len(e.spans)
+            nbytes += e.nbytes
             batch.append(e)
         self.queued_spans -= spans
         tm.QUEUE_SPANS.labels(self.name).set(self.queued_spans)
@@ -154,7 +162,10 @@ class DestinationQueue:
             try:
                 async with asyncio.timeout(spec.timeout_seconds + 1):
                     await self.sender.send(spans)
-            except (TimeoutError, TransientError) as err:
+            except TerminalError as err:
+                log.error("%s: the store refused %d spans: %s", self.name, len(spans), err)
+                break  # retrying cannot help; keep them in the retry topic for inspection
+            except Exception as err:  # transient, or a sender's untranslated error: retry
                 self.breaker.failure()
                 self._state_changed()
                 tm.RETRIED.labels(self.name).inc(len(spans))
@@ -163,15 +174,12 @@ class DestinationQueue:
                     self.name,
                     len(spans),
                     attempt + 1,
-                    err,
+                    err if isinstance(err, TimeoutError | TransientError) else repr(err),
                 )
                 if attempt + 1 < spec.retry_attempts and self.breaker.allow():
                     await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311
                     delay = min(delay * 2, spec.retry_max_seconds)
                 continue
-            except TerminalError as err:
-                log.error("%s: the store refused %d spans: %s", self.name, len(spans), err)
-                break  # retrying cannot help; keep them in the retry topic for inspection
             self.breaker.success()
             self._state_changed()
             tm.DELIVERED.labels(self.name).inc(len(spans))

@@ -58,7 +58,7 @@ async def _post(
             if 200 <= resp.status < 300:
                 await resp.read()
                 return
-            text = (await resp.text())[:200]
+            text = (await resp.text(errors="replace"))[:200]  # OTLP errors may be protobuf
             if resp.status == 429 or resp.status >= 500:
                 raise TransientError(f"POST {url}: HTTP {resp.status} {text}")
             raise TerminalError(f"POST {url}: HTTP {resp.status} {text}")

@@ -8,6 +8,10 @@ Arrow rows at once (one ``to_arrow`` call per batch), and every record carries i
 those rows into its cut. Routing is deterministic, so a replay builds the same rows.
 A message routed here is *done* for this destination when the cut holding it is durable; the
 router commits only then, so a crash replays it and the manifest makes the rewrite identical.
+The router also commits only at a cut boundary of this table (``commit_point``): a new owner
+starts where a cut of the old owner started, finds its manifest and follows it. A commit
+inside a cut (its messages done for every destination, its cut not yet, or durable up to a
+later end) would make the new owner cut differently and store rows twice.
 """
 
 from __future__ import annotations
@@ -149,6 +153,22 @@ class TableDestination:
             rewind=rewind,
         )
         self.waiting: dict[Hashable, deque[tuple[int, int]]] = {}
+        self.topics = frozenset(topics)
+        self.boundaries: dict[Hashable, deque[int]] = {}
+        """Per partition, offsets where a cut of this owner starts: its first record's, then
+        each durable cut's next offset (ascending)."""
+
+    def commit_point(self, tp: Any, committable: int) -> int | None:
+        """The highest cut boundary at or below ``committable`` (None: none yet); other
+        topics' partitions (retry topics) are not this table's: ``committable`` as is."""
+        if tp.topic not in self.topics:
+            return committable
+        marks = self.boundaries.get(tp)
+        if not marks or marks[0] > committable:
+            return None
+        while len(marks) > 1 and marks[1] <= committable:
+            marks.popleft()
+        return marks[0]
 
     def add(
         self,
@@ -162,9 +182,14 @@ class TableDestination:
         here: they are done when their cut is durable."""
         if selected:
             self.waiting.setdefault(tp, deque()).extend(selected)
+        if records and tp not in self.boundaries:
+            self.boundaries[tp] = deque([records[0].offset])
         self.partitions.add(tp, routed_records(records, shares, self.schema))
 
     async def _committed(self, tp: Any, next_offset: int) -> bool:
+        marks = self.boundaries.get(tp)
+        if marks is not None and next_offset > marks[-1]:
+            marks.append(next_offset)
         queue = self.waiting.get(tp)
         while queue and queue[0][0] < next_offset:
             offset, generation = queue.popleft()
@@ -178,3 +203,4 @@ class TableDestination:
         self.partitions.drop(tps)
         for tp in tps:
             self.waiting.pop(tp, None)
+            self.boundaries.pop(tp, None)

@@ -112,6 +112,38 @@ async def test_a_failing_store_is_retried_then_diverted_never_dropped() -> None:
     assert sender.batches == [2]  # the store is back: delivered
 
 
+async def test_an_unexpected_sender_error_is_retried_and_never_ends_the_queue() -> None:
+    class Garbled(FakeSender):
+        async def send(self, spans: Sequence[object]) -> None:
+            if self.failures:
+                self.failures -= 1
+                b"\xff\xfe".decode("utf-8")  # a store's binary error body, decoded strictly
+            self.batches.append(len(spans))
+
+    sender, done = Garbled(failures=1), []
+
+    async def divert(name: str, spans: Sequence[object]) -> None:
+        raise AssertionError("delivered on the second attempt, never diverted")
+
+    q = DestinationQueue(spec(), sender, divert, done.append)
+    q.put(Entry(TP, 0, 1, [object()] * 4))
+    await run_queue(q, lambda: len(done) == 1)
+    assert sender.batches == [4]
+
+
+async def test_batches_are_bounded_by_bytes_too() -> None:
+    sender, done = FakeSender(), []
+
+    async def divert(name: str, spans: Sequence[object]) -> None:
+        raise AssertionError("never diverted")
+
+    q = DestinationQueue(spec(max_batch_bytes=5000), sender, divert, done.append)
+    for i in range(6):
+        q.put(Entry(TP, i, 1, [object()], nbytes=2000))
+    await run_queue(q, lambda: len(done) == 6)
+    assert sender.batches == [2, 2, 2]
+
+
 async def test_an_open_breaker_diverts_without_trying_and_overflow_diverts_the_oldest() -> None:
     sender, done, diverted = FakeSender(failures=10**6), [], []
 

@@ -98,3 +98,13 @@ async def test_senders_send_the_headers_named_in_the_environment(monkeypatch) ->
         ("/v1/traces", "Bearer t0ken", "application/x-protobuf"),
         ("/api/v2/spans", "Bearer t0ken", "application/json"),
     ]
+
+
+def test_durations_and_batch_sizes_must_make_sense() -> None:
+    z = {"type": "zipkin", "endpoint": "http://127.0.0.1:9411", "retry_initial": "1s"}
+    bad = {**z, "timeout": -3, "retry_max": "500ms", "breaker_cooldown": -10}
+    with pytest.raises(ConfigError) as err:
+        load_traces({"topics": ["spans"], "default": ["z"], "destinations": {"z": bad}})
+    said = str(err.value)
+    for key in ("timeout", "retry_max", "breaker_cooldown"):
+        assert f"traces.destinations.z.{key}: must be at least" in said

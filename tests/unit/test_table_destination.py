@@ -126,3 +126,59 @@ def test_rows_are_the_same_when_zipkin_built_the_attribute_texts_first(spec: Tab
     assert all(s.texts is not None for s in seen)
     assert to_arrow(seen, spec.arrow_schema).equals(to_arrow(fresh, spec.arrow_schema))
     assert [s.texts for s in fresh] == [s.texts for s in seen]  # to_arrow filled them too
+
+
+async def test_commits_land_only_where_a_cut_of_the_table_begins(
+    spec: TableSpec, tmp_path: Path
+) -> None:
+    """A new owner starts where the old one committed: that must be where one of the old
+    owner's cuts began (a manifest), or it would cut differently and store rows twice."""
+    import asyncio
+
+    from pipelines.batching.buffer import MemoryBudget, RotationPolicy
+    from pipelines.destinations.table import TableDestination
+    from pipelines.writers.store import LocalStore
+
+    @dataclass(frozen=True)
+    class TP:
+        topic: str
+        partition: int
+
+    done: list[int] = []
+    table = TableDestination(
+        "lake",
+        spec,
+        ["spans.in"],
+        LocalStore(tmp_path.as_uri()),
+        None,  # type: ignore[arg-type]  # nothing here is dead-lettered
+        RotationPolicy(max_rows=3, max_bytes=1 << 30, max_age_seconds=3600),
+        MemoryBudget(1 << 30),
+        lambda tp, offset, gen: done.append(offset),
+        lambda tps: None,
+        lambda tps: None,
+        lambda err: pytest.fail(repr(err)),
+        1 << 20,
+    )
+    tp = TP("spans.in", 2)
+    recs = [r for r in records() if r.value and not r.value.startswith(b"\xff")][:7]
+    recs = [Rec(300 + i, r.value, r.key) for i, r in enumerate(recs)]
+    shares = route(recs)
+
+    async def cut(lo: int, hi: int) -> None:
+        table.add(tp, recs[lo:hi], shares[lo:hi], [(r.offset, 1) for r in recs[lo:hi]])
+        async with asyncio.timeout(10):
+            while len(done) < hi:
+                table.tick()
+                await asyncio.sleep(0.01)
+
+    table.add(tp, recs[:1], shares[:1], [(300, 1)])
+    assert table.commit_point(tp, 305) == 300  # nothing durable yet: where it started
+    await cut(1, 3)
+    await cut(3, 6)  # cuts 300-302 and 303-305 are durable
+    table.add(tp, recs[6:], shares[6:], [(306, 1)])
+    assert table.commit_point(tp, 299) is None
+    assert table.commit_point(tp, 302) == 300  # inside the first cut: back to its start
+    assert table.commit_point(tp, 304) == 303
+    assert table.commit_point(tp, 306) == 306
+    assert table.commit_point(TP("sluice.retry.x.lake", 0), 41) == 41  # not a span topic
+    table.drop([tp])
