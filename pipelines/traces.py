@@ -30,8 +30,8 @@ from pipelines.faust_batch import BatchApp, with_failpoint
 from pipelines.routing.conditions import AttrValue
 from pipelines.routing.tracker import OffsetTracker
 from pipelines.settings import Settings
-from pipelines.spans import SpanLimits, SpanView, get_decoder, to_otlp_proto
-from pipelines.traces_config import TracesConfig, load_traces
+from pipelines.spans import DecodedSpans, SpanLimits, SpanView, get_decoder, otlp_chunks
+from pipelines.traces_config import DIVERT_MAX_BYTES, TracesConfig, load_traces
 
 log = logging.getLogger(__name__)
 GC_THRESHOLDS = (50_000, 20, 20)
@@ -40,7 +40,6 @@ objects (views, protobuf wrappers, attribute dicts) that live until delivered: a
 default (700, 10, 10) collections took ~10% of the CPU (bench.router_cpu)."""
 MAX_OPEN_MESSAGES = 5_000
 """Messages in flight per worker before fetching pauses (bounds memory when stores lag)."""
-DIVERT_CHUNK_SPANS = 500
 
 
 class _LazyAttributes:
@@ -100,6 +99,19 @@ class RouteView:
     @property
     def attributes(self) -> Mapping[str, AttrValue]:
         return cast(Mapping[str, AttrValue], _LazyAttributes(self._span))
+
+
+def _letter(tp: Any, rec: Any, decoded: DecodedSpans) -> DeadLetter | None:
+    """The dead letter of a message that did not decode, or has invalid spans (then the
+    whole message goes, and its valid spans are still routed); None when all is well."""
+    if not (decoded.message_error or decoded.rejected):
+        return None
+    reason = decoded.message_error or decoded.rejected[0].reason
+    detail = decoded.detail or "; ".join(
+        f"span {r.index}: {r.reason} {r.detail}" for r in decoded.rejected[:5]
+    )
+    where = (tp.topic, tp.partition, rec.offset)
+    return DeadLetter(*where, rec.key, rec.value, reason, detail, "traces")
 
 
 class TraceRouter:
@@ -177,15 +189,7 @@ class TraceRouter:
         routed: dict[str, list[Sequence[SpanView]]],
     ) -> None:
         decoded = self.decoders[tp.topic].decode(rec.value or b"", now_ns)
-        letter = None
-        if decoded.message_error or decoded.rejected:
-            reason = decoded.message_error or decoded.rejected[0].reason
-            detail = decoded.detail or "; ".join(
-                f"span {r.index}: {r.reason} {r.detail}" for r in decoded.rejected[:5]
-            )
-            letter = DeadLetter(
-                tp.topic, tp.partition, rec.offset, rec.key, rec.value, reason, detail, "traces"
-            )
+        letter = _letter(tp, rec, decoded)
         shares: dict[str, list[SpanView]] = {}
         routing = self.cfg.routing
         for span in decoded.batch.spans:
@@ -212,9 +216,12 @@ class TraceRouter:
     def _redeliver(self, tp: Any, rec: Any, dest: str, now_ns: int) -> None:
         decoded = self.retry_decoder.decode(rec.value or b"", now_ns)
         spans = decoded.batch.spans
-        gen = self.tracker.open(tp, rec.offset, 1 if spans else 0)
+        letter = _letter(tp, rec, decoded)  # a retry record is input too: never dropped
+        gen = self.tracker.open(tp, rec.offset, (1 if spans else 0) + (letter is not None))
         if spans:
             self.queues[dest].put(Entry(tp, rec.offset, gen, spans, len(rec.value or b"")))
+        if letter is not None:
+            self._spawn(self._dead_letter(tp, letter, gen))
 
     async def _dead_letter(self, tp: Any, letter: DeadLetter, gen: int) -> None:
         """Send the letter, retrying transient errors; a terminal one stops the worker
@@ -247,8 +254,8 @@ class TraceRouter:
 
     async def _divert(self, dest: str, spans: Sequence[SpanView]) -> None:
         topic = self.cfg.retry_topic(dest)
-        for i in range(0, len(spans), DIVERT_CHUNK_SPANS):
-            await self.app.produce(topic, to_otlp_proto(spans[i : i + DIVERT_CHUNK_SPANS]))
+        for body in otlp_chunks(spans, min(DIVERT_MAX_BYTES, self.cfg.max_message_bytes)):
+            await self.app.produce(topic, body)
 
     def _breaker_changed(self, dest: str, state: str) -> None:
         tps = self._assigned({self.cfg.retry_topic(dest)})

@@ -28,11 +28,10 @@ from pipelines.destinations.queue import DestinationQueue, Entry
 from pipelines.destinations.senders import make_sender
 from pipelines.errors import TerminalError, TransientError
 from pipelines.settings import Settings
-from pipelines.spans import SpanLimits, SpanView, get_decoder, to_otlp_proto
-from pipelines.traces_config import TracesConfig
+from pipelines.spans import SpanLimits, SpanView, get_decoder, otlp_chunks
+from pipelines.traces_config import DIVERT_MAX_BYTES, TracesConfig
 
 Say = Callable[[str], None]
-DIVERT_CHUNK_SPANS = 500
 
 
 @dataclass(frozen=True)
@@ -182,8 +181,8 @@ async def replay_traces(
         return await (await producer.send(topic, value))
 
     async def divert(dest: str, spans: Sequence[SpanView]) -> None:
-        for i in range(0, len(spans), DIVERT_CHUNK_SPANS):
-            await produce(cfg.retry_topic(dest), to_otlp_proto(spans[i : i + DIVERT_CHUNK_SPANS]))
+        for body in otlp_chunks(spans, min(DIVERT_MAX_BYTES, cfg.max_message_bytes)):
+            await produce(cfg.retry_topic(dest), body)
         report.diverted += len(spans)
 
     def done(entry: Entry) -> None:

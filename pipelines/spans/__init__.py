@@ -16,7 +16,7 @@ from pipelines.spans.decode import (
     SpanLimits,
     get_decoder,
 )
-from pipelines.spans.encode import to_otlp_proto
+from pipelines.spans.encode import otlp_chunks, to_otlp_proto
 from pipelines.spans.model import (
     AttrValue,
     DecodedSpans,
@@ -42,6 +42,7 @@ __all__ = [
     "SpanLimits",
     "SpanView",
     "get_decoder",
+    "otlp_chunks",
     "to_otlp_proto",
     "to_zipkin_json",
 ]

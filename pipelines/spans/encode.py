@@ -12,7 +12,7 @@ which is several times faster than copying span messages into a new request.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 
 from pipelines.spans.model import ResourceView, ScopeView, SpanView
 
@@ -81,3 +81,18 @@ def to_otlp_proto(spans: Iterable[SpanView]) -> bytes:
             parts.append(_field(_RS_SCHEMA_URL, rs.schema_url.encode()))
         out.append(_field(_REQ_RESOURCE_SPANS, b"".join(parts)))
     return b"".join(out)
+
+
+def otlp_chunks(spans: Sequence[SpanView], max_bytes: int) -> Iterator[bytes]:
+    """``spans`` as consecutive ``ExportTraceServiceRequest`` messages of at most
+    ``max_bytes`` each (a single span larger than that is a message of its own), so each
+    fits the topic it is produced to and the decoder's message limit that reads it back."""
+    if not spans:
+        return
+    body = to_otlp_proto(spans)
+    if len(body) <= max_bytes or len(spans) == 1:
+        yield body
+        return
+    half = len(spans) // 2
+    yield from otlp_chunks(spans[:half], max_bytes)
+    yield from otlp_chunks(spans[half:], max_bytes)

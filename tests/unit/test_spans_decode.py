@@ -473,3 +473,19 @@ def test_resource_attributes_are_converted_once_per_process(
     first, last = (list(get_decoder().decode(value, NOW).batch)[i].resource for i in (0, -1))
     assert first.service_name == "checkout" and last.service_name == "payments"
     assert len(cache.values) == 1  # bounded: full, it starts over
+
+
+def test_otlp_chunks_fit_the_limit_and_keep_every_span_in_order() -> None:
+    from pipelines.spans import get_decoder, otlp_chunks, to_otlp_proto
+
+    decoder = get_decoder()
+    spans = decoder.decode(build_request(spans_per_scope=40).SerializeToString(), NOW).batch.spans
+    whole = len(to_otlp_proto(spans))
+    limit = whole // 5
+    chunks = list(otlp_chunks(spans, limit))
+    assert len(chunks) >= 5 and all(len(c) <= limit for c in chunks)
+    back = [s.span_id for c in chunks for s in decoder.decode(c, NOW).batch.spans]
+    assert back == [s.span_id for s in spans]
+    assert list(otlp_chunks(spans, 10)) and all(  # a span over the limit goes alone
+        len(decoder.decode(c, NOW).batch.spans) == 1 for c in otlp_chunks(spans, 10)
+    )
