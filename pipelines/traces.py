@@ -277,12 +277,12 @@ class TraceRouter:
             offset = self.tracker.committable(tp)
             for table in self.tables.values():  # only where every table's cut begins
                 offset = None if offset is None else table.commit_point(tp, offset)
-            if offset is not None and offset > self.committed.get(tp, -1):
-                if await self._commit_offset(tp, offset):
-                    self.committed[tp] = offset
-                high = self.app.consumer.highwater(tp)
-                if high is not None:
-                    tm.LAG.labels(tp.topic, str(tp.partition)).set(high - offset)
+            ahead = offset is not None and offset > self.committed.get(tp, -1)
+            if ahead and offset is not None and await self._commit_offset(tp, offset):
+                self.committed[tp] = offset
+            high, done = self.app.consumer.highwater(tp), self.committed.get(tp)
+            if high is not None and done is not None:  # every tick: it must grow when stuck
+                tm.LAG.labels(tp.topic, str(tp.partition)).set(high - done)
         if self.paused and not self._saturated(resume=True):
             self.paused = False
             self.app.resume(self._assigned(self.span_topics))
@@ -357,7 +357,11 @@ async def ensure_topics(bootstrap: str, names: Sequence[str], partitions: int = 
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(n, partitions, 1) for n in names if n not in existing]
+        # A diverted span is only as durable as the topic holding it: three replicas, or as
+        # many as there are brokers.
+        brokers = (await admin.describe_cluster()).get("brokers", [])
+        replicas = max(1, min(3, len(brokers)))
+        missing = [NewTopic(n, partitions, replicas) for n in names if n not in existing]
         if missing:
             await admin.create_topics(missing)
     finally:

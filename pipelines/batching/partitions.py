@@ -208,6 +208,8 @@ class PartitionSet:
             )
         )
         st.wake.set()
+        if reason == "replay" and self.globally_paused:  # its recorded end is reached
+            self._pause({tp})
         if len(st.pending) >= self.max_pending and not st.paused:
             st.paused = True
             self._pause({tp})
@@ -227,7 +229,9 @@ class PartitionSet:
         paused = self.budget.should_pause()
         if paused != self.globally_paused:
             self.globally_paused = paused
-            tps = set(self.parts)
+            # A partition replaying a recorded cut keeps fetching: only reaching the cut's
+            # end lets it cut, and so free memory (the cut's size is bounded by its record).
+            tps = {tp for tp, st in self.parts.items() if st.buffer.forced_end is None}
             if paused:
                 log.warning(
                     "memory budget reached (%d bytes held): pausing %d partitions",
@@ -350,10 +354,9 @@ class PartitionSet:
         st.buffer.first_arrival = head.arrived
         st.buffer.forced_end = standing_end
         st.pending.clear()
-        if st.paused:  # the recorded end may lie beyond what we hold: keep fetching
-            st.paused = False
-            if not self.globally_paused:
-                self._resume({tp})
+        if st.paused or self.globally_paused:  # the recorded end may lie beyond what we
+            st.paused = False  # hold: keep fetching, even while over the memory budget
+            self._resume({tp})
         log.info(
             "%s[%d]: following the recorded cut %d-%d",
             tp.topic,

@@ -521,3 +521,18 @@ async def test_a_new_partition_fetched_past_its_committed_offset_is_re_read_from
         add_each(h, B, recs(0, 3))
         await until(lambda: h.committed(B) == [3])
         assert rewinds == [(A, 6500)]
+
+
+async def test_a_partition_replaying_a_recorded_cut_keeps_fetching_over_the_budget() -> None:
+    """A previous owner recorded cut 0-19 of A. Over the memory budget every partition is
+    paused, but A can only free memory by reaching offset 19: it must keep fetching."""
+    async with harness(max_rows=10**6, budget=1000) as h:
+        h.sink.manifest[(0, 0)] = 19
+        add_each(h, B, [Rec(0, b"y" * 150)])
+        add_each(h, A, [Rec(o, b"x" * 50) for o in range(17)])  # over budget: cut at memory
+        await until(lambda: h.ps.parts[A].buffer.forced_end == 19)
+        assert h.ps.globally_paused
+        assert any(A in tps for tps in h.resumed)  # A fetches on
+        add_each(h, A, [Rec(o, b"x" * 50) for o in range(17, 20)])
+        await until(lambda: (0, 19) in h.sink.spans(0))
+        await until(lambda: not h.ps.globally_paused)
