@@ -147,6 +147,7 @@ class TraceRouter:
             if name not in self.tables
         }
         self.committed: dict[Any, int] = {}
+        self.retry_paused: set[str] = set()
         self._commit_offset = with_failpoint(app.commit_offset)
         self.paused = False
         self._tasks: set[asyncio.Future[None]] = set()
@@ -258,16 +259,34 @@ class TraceRouter:
             await self.app.produce(topic, body)
 
     def _breaker_changed(self, dest: str, state: str) -> None:
-        tps = self._assigned({self.cfg.retry_topic(dest)})
-        if state == "open":  # don't pull spans back out of the retry topic while it is down
-            self.app.pause(tps)
-        else:  # half-open: the next retry-topic batch is the trial; closed: drain it
-            self.app.resume(tps)
+        self._pace_retry(dest)
+
+    def _pace_retry(self, dest: str) -> None:
+        """Read a destination's retry topic only while it can take the spans: not while its
+        breaker is open (half-open: the next batch is the trial), nor while its queue is over
+        half full (resumed under a quarter), so a slow store is not fed its own overflow."""
+        queue = self.queues[dest]
+        bound = queue.spec.max_queue_spans
+        if queue.breaker.state == "open" or queue.queued_spans >= bound // 2:
+            wanted = True
+        elif queue.queued_spans <= bound // 4:
+            wanted = False
+        else:
+            return
+        if wanted != (dest in self.retry_paused):
+            tps = self._assigned({self.cfg.retry_topic(dest)})
+            if wanted:
+                self.retry_paused.add(dest)
+                self.app.pause(tps)
+            else:
+                self.retry_paused.discard(dest)
+                self.app.resume(tps)
 
     # --- timers ----------------------------------------------------------------------
     async def commit(self) -> None:
-        for queue in self.queues.values():
+        for dest, queue in self.queues.items():
             queue.observe_breaker()  # open → half-open happens with time, not with traffic
+            self._pace_retry(dest)
         for table in self.tables.values():
             table.tick()
         for tp, first in self.tracker.unchecked():

@@ -297,7 +297,7 @@ class PartitionSet:
                 if self.parts.get(tp) is not st:
                     return  # dropped while writing: never commit for a partition we lost
                 ahead = st.committed is None or cut.end + 1 > st.committed
-                if ahead and await self._commit(tp, cut.end + 1):
+                if ahead and await self._try_commit(tp, cut.end + 1):
                     st.committed = cut.end + 1
                 st.pending.popleft()
                 self.budget.give(self._held(cut.nbytes, len(cut.records)))
@@ -306,6 +306,15 @@ class PartitionSet:
                     if not self.globally_paused:
                         self._resume({tp})
                 self._relieve_memory()
+
+    async def _try_commit(self, tp: TopicPartition, offset: int) -> bool:
+        """Commit; an error is logged and counts as not committed (the next cut's commit
+        covers this one), never ending the partition's worker."""
+        try:
+            return await self._commit(tp, offset)
+        except Exception as err:
+            log.warning("%s[%d]: commit of %d failed: %r", tp.topic, tp.partition, offset, err)
+            return False
 
     async def _skipped(self, tp: TopicPartition, st: _State, cut: Cut) -> bool:
         """Guard of a newly owned partition: its first cut must not start past the offset

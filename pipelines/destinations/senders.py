@@ -48,6 +48,7 @@ async def _post(
     headers: Mapping[str, str],
     seconds: float,
 ) -> None:
+    shown = url.split("?", 1)[0]  # a query string may carry a token: never in messages
     try:
         async with session.post(
             url,
@@ -60,10 +61,11 @@ async def _post(
                 return
             text = (await resp.text(errors="replace"))[:200]  # OTLP errors may be protobuf
             if resp.status == 429 or resp.status >= 500:
-                raise TransientError(f"POST {url}: HTTP {resp.status} {text}")
-            raise TerminalError(f"POST {url}: HTTP {resp.status} {text}")
+                raise TransientError(f"POST {shown}: HTTP {resp.status} {text}")
+            raise TerminalError(f"POST {shown}: HTTP {resp.status} {text}")
     except (TimeoutError, aiohttp.ClientError, OSError) as err:
-        raise TransientError(f"POST {url}: {type(err).__name__}: {err}") from err
+        said = str(err).replace(url, shown)
+        raise TransientError(f"POST {shown}: {type(err).__name__}: {said}") from err
 
 
 class OtlpHttpSender:
