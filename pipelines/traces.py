@@ -159,10 +159,14 @@ class TraceRouter:
         selected: dict[str, list[tuple[int, int]]] = {name: [] for name in self.tables}
         routed: dict[str, list[Sequence[SpanView]]] = {name: [] for name in self.tables}
         for rec in records:
+            # Timestamps are judged against the record's own time when it has one: a replay
+            # of a table cut must accept and reject exactly the spans the first attempt did.
+            stamp = getattr(rec, "timestamp", None)
+            at = stamp * 1_000_000 if isinstance(stamp, int) and stamp > 0 else now_ns
             if retry_dest is not None:
-                self._redeliver(tp, rec, retry_dest, now_ns)
+                self._redeliver(tp, rec, retry_dest, at)
             else:
-                self._route(tp, rec, now_ns, selected, routed)
+                self._route(tp, rec, at, selected, routed)
         if retry_dest is None:
             for name, table in self.tables.items():
                 table.add(tp, records, routed[name], selected[name])
