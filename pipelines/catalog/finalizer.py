@@ -159,6 +159,11 @@ class KafkaProgress(Protocol):
         self, tps: Sequence[tuple[str, int]], epoch_ms: int
     ) -> dict[tuple[str, int], int | None]: ...
 
+    async def first_record_at(self, tp: tuple[str, int], offset: int) -> int | None:
+        """The offset of the first record at or after ``offset``; None if there is none
+        before the end (only transaction markers, or nothing)."""
+        ...
+
 
 @dataclass
 class Finalizer:
@@ -196,7 +201,13 @@ class Finalizer:
             done = progress.committed.get(tp, -1)
             first = firsts.get(tp)
             if first is None:
-                if done < progress.ends.get(tp, 0) or self.clock() < when.timestamp():
+                if self.clock() < when.timestamp():
+                    return False
+                # Behind the end: caught up only if what is left holds no record (the
+                # commit marker of a transaction takes an offset no consumer sees).
+                if done < progress.ends.get(tp, 0) and (
+                    done < 0 or await self.kafka.first_record_at(tp, done) is not None
+                ):
                     return False
             elif done < first:
                 return False

@@ -36,6 +36,7 @@ class FakeKafka:
         self.committed_: dict[tuple[str, int], int] = {}
         self.ends: dict[tuple[str, int], int] = {}
         self.first_at: dict[tuple[str, int], int | None] = {}
+        self.records: dict[tuple[str, int], list[int]] = {}  # offsets that hold records
 
     async def partitions(self, topics: Sequence[str]) -> list[tuple[str, int]]:
         return list(TPS)
@@ -49,6 +50,9 @@ class FakeKafka:
     async def offsets_for_time(self, tps: Sequence[tuple[str, int]], epoch_ms: int) -> dict:
         assert epoch_ms == int((END + 60) * 1000)  # hour end + lateness
         return dict(self.first_at)
+
+    async def first_record_at(self, tp: tuple[str, int], offset: int) -> int | None:
+        return next((o for o in self.records.get(tp, ()) if o >= offset), None)
 
 
 class RecordingCatalog(NoCatalog):
@@ -96,8 +100,18 @@ def test_an_idle_partition_passes_only_when_caught_up(tmp_path: Path) -> None:
     kafka.first_at = {TPS[0]: 10, TPS[1]: None}  # nothing newer than the hour in partition 1
     kafka.committed_ = {TPS[0]: 10, TPS[1]: 7}
     kafka.ends = {TPS[0]: 20, TPS[1]: 8}  # one record of partition 1 not committed yet
+    kafka.records = {TPS[1]: [0, 1, 2, 3, 4, 5, 6, 7]}
     assert asyncio.run(f.run_once()) == []
     kafka.committed_[TPS[1]] = 8
+    assert asyncio.run(f.run_once()) == [HOUR]
+
+
+def test_an_idle_transactional_partition_passes_past_its_commit_marker(tmp_path: Path) -> None:
+    _, kafka, _, f = setup(tmp_path, END + 3600)
+    kafka.first_at = {TPS[0]: 10, TPS[1]: None}
+    kafka.committed_ = {TPS[0]: 10, TPS[1]: 7}
+    kafka.ends = {TPS[0]: 20, TPS[1]: 8}  # offset 7 is a transaction's commit marker
+    kafka.records = {TPS[1]: [0, 1, 2, 3, 4, 5, 6]}
     assert asyncio.run(f.run_once()) == [HOUR]
 
 
