@@ -308,7 +308,7 @@ class TraceRouter:
                 tm.LAG.labels(tp.topic, str(tp.partition)).set(high - done)
         if self.paused and not self._saturated(resume=True):
             self.paused = False
-            self.app.resume(self._assigned(self.span_topics))
+            self.app.resume(self._unheld(self._assigned(self.span_topics)))
 
     async def _check_start(self, tp: Any, first: int) -> None:
         """A newly owned partition must be read from the committed offset: a fetch position
@@ -341,6 +341,16 @@ class TraceRouter:
         )
         limit = MAX_OPEN_MESSAGES // 2 if resume else MAX_OPEN_MESSAGES
         return busy or self.tracker.open_count() > limit
+
+    def _unheld(self, tps: set[Any]) -> set[Any]:
+        """``tps`` but those a table keeps paused (its backlog or memory budget)."""
+        return {tp for tp in tps if not any(t.partitions.holds(tp) for t in self.tables.values())}
+
+    def resume_for_table(self, tps: set[Any]) -> None:
+        """A table's resume: not while the router itself holds fetching back, and not what
+        another table still holds."""
+        if not self.paused:
+            self.app.resume(self._unheld(set(tps)))
 
     def _assigned(self, topics: Mapping[str, Any] | set[str]) -> set[Any]:
         return {tp for tp in self.app.consumer.assignment() if tp.topic in topics}
@@ -434,7 +444,7 @@ def _table_factories(
                 budget,
                 router.tracker.done,
                 app.pause,
-                app.resume,
+                router.resume_for_table,
                 app.crash_soon,
                 cfg.max_message_bytes,
                 app.start_of,

@@ -184,6 +184,14 @@ class PartitionSet:
             return len(self.parts)
         return sum(1 for st in self.parts.values() if st.paused)
 
+    def holds(self, tp: TopicPartition) -> bool:
+        """Whether this set keeps ``tp`` paused (its backlog, or the memory budget): another
+        component sharing the consumer must not resume it."""
+        st = self.parts.get(tp)
+        return st is not None and (
+            st.paused or (self.globally_paused and st.buffer.forced_end is None)
+        )
+
     def committed(self, tp: TopicPartition) -> int | None:
         st = self.parts.get(tp)
         return st.committed if st else None

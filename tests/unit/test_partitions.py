@@ -533,6 +533,7 @@ async def test_a_partition_replaying_a_recorded_cut_keeps_fetching_over_the_budg
         await until(lambda: h.ps.parts[A].buffer.forced_end == 19)
         assert h.ps.globally_paused
         assert any(A in tps for tps in h.resumed)  # A fetches on
+        assert h.ps.holds(B) and not h.ps.holds(A)  # what a router sharing the consumer sees
         add_each(h, A, [Rec(o, b"x" * 50) for o in range(17, 20)])
         await until(lambda: (0, 19) in h.sink.spans(0))
         await until(lambda: not h.ps.globally_paused)
