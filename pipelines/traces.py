@@ -309,6 +309,8 @@ class TraceRouter:
         if self.paused and not self._saturated(resume=True):
             self.paused = False
             self.app.resume(self._unheld(self._assigned(self.span_topics)))
+        else:
+            self.repause()  # idempotent: covers partitions a rebalance assigned meanwhile
 
     async def _check_start(self, tp: Any, first: int) -> None:
         """A newly owned partition must be read from the committed offset: a fetch position
@@ -341,6 +343,13 @@ class TraceRouter:
         )
         limit = MAX_OPEN_MESSAGES // 2 if resume else MAX_OPEN_MESSAGES
         return busy or self.tracker.open_count() > limit
+
+    def repause(self) -> None:
+        """Apply the router's pauses to the current assignment (after a rebalance)."""
+        if self.paused:
+            self.app.pause(self._assigned(self.span_topics))
+        for dest in self.retry_paused:
+            self.app.pause(self._assigned({self.cfg.retry_topic(dest)}))
 
     def _unheld(self, tps: set[Any]) -> set[Any]:
         """``tps`` but those a table keeps paused (its backlog or memory budget)."""
@@ -496,10 +505,14 @@ def build_app(settings: Settings, cfg: TracesConfig) -> tuple[BatchApp, TraceRou
         for table in router.tables.values():
             table.drop(list(args[0]))
 
+    async def on_assigned(sender: Any, *args: Any, signal: Any = None, **kw: Any) -> None:
+        router.repause()  # a partition assigned during a pause would otherwise be fetched
+
     async def on_shutdown(sender: Any, *args: Any, signal: Any = None, **kw: Any) -> None:
         await router.drain(10.0)
 
     app.on_partitions_revoked.connect(cast(Any, on_revoked))
+    app.on_partitions_assigned.connect(cast(Any, on_assigned))
     app.on_before_shutdown.connect(cast(Any, on_shutdown))
     return app, router
 
