@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pipelines.errors import TerminalError, TransientError
+from pipelines.kafka_records import SAFE_MESSAGE_BYTES
 
-MAX_LETTER_VALUE_BYTES = 900 * 1024
-"""Under Kafka's default topic limit (``max.message.bytes``, 1 MiB) with room for headers."""
+MAX_LETTER_VALUE_BYTES = SAFE_MESSAGE_BYTES
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ from faust.transport.consumer import ensure_TP
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from pipelines.kafka_records import first_record_at
+
 log = logging.getLogger(__name__)
 
 
@@ -132,31 +134,15 @@ class BatchApp(faust.App):
         must = int(committed)
         if first <= must:
             return must
-        found = await self._first_record_at(atp, must)
-        return must if found is None else found
-
-    async def _first_record_at(self, atp: Any, offset: int) -> int | None:
-        from aiokafka import AIOKafkaConsumer
-
-        servers = [str(url).split("://", 1)[-1] for url in self.conf.broker]
-        probe = AIOKafkaConsumer(
-            bootstrap_servers=",".join(servers),
-            client_id=f"{self.conf.broker_client_id}-probe",
-            enable_auto_commit=False,
-        )
+        servers = ",".join(str(url).split("://", 1)[-1] for url in self.conf.broker)
         try:
-            await probe.start()
-            probe.assign([atp])
-            begins = await probe.beginning_offsets([atp])
-            probe.seek(atp, max(offset, begins[atp]))
-            batch = await probe.getmany(atp, timeout_ms=5000, max_records=1)
-            records = batch.get(atp, [])
-            return int(records[0].offset) if records else None
-        except Exception as err:  # unknown: the caller keeps the committed offset
-            log.warning("%s[%d]: probe at %d failed: %r", atp.topic, atp.partition, offset, err)
-            return None
-        finally:
-            await probe.stop()
+            found = await first_record_at(
+                servers, self.conf.broker_client_id, tp.topic, tp.partition, must
+            )
+        except Exception as err:  # unknown: keep the committed offset (seek back to it)
+            log.warning("%s[%d]: probe at %d failed: %r", tp.topic, tp.partition, must, err)
+            return must
+        return must if found is None else found
 
     async def rewind(self, tp: Any, offset: int) -> None:
         """Seek ``tp``'s fetch position back to ``offset``, in the consumer's own thread

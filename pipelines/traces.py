@@ -27,11 +27,12 @@ from pipelines.destinations.senders import make_sender
 from pipelines.destinations.table import TableDestination
 from pipelines.errors import ConfigError, Problem, TransientError
 from pipelines.faust_batch import BatchApp, with_failpoint
+from pipelines.kafka_records import SAFE_MESSAGE_BYTES, record_time_ns
 from pipelines.routing.conditions import AttrValue
 from pipelines.routing.tracker import OffsetTracker
 from pipelines.settings import Settings
 from pipelines.spans import DecodedSpans, SpanLimits, SpanView, get_decoder, otlp_chunks
-from pipelines.traces_config import DIVERT_MAX_BYTES, TracesConfig, load_traces
+from pipelines.traces_config import TracesConfig, load_traces
 
 log = logging.getLogger(__name__)
 GC_THRESHOLDS = (50_000, 20, 20)
@@ -159,10 +160,7 @@ class TraceRouter:
         selected: dict[str, list[tuple[int, int]]] = {name: [] for name in self.tables}
         routed: dict[str, list[Sequence[SpanView]]] = {name: [] for name in self.tables}
         for rec in records:
-            # Timestamps are judged against the record's own time when it has one: a replay
-            # of a table cut must accept and reject exactly the spans the first attempt did.
-            stamp = getattr(rec, "timestamp", None)
-            at = stamp * 1_000_000 if isinstance(stamp, int) and stamp > 0 else now_ns
+            at = record_time_ns(rec, now_ns)  # a replayed table cut must judge the same
             if retry_dest is not None:
                 self._redeliver(tp, rec, retry_dest, at)
             else:
@@ -259,7 +257,7 @@ class TraceRouter:
 
     async def _divert(self, dest: str, spans: Sequence[SpanView]) -> None:
         topic = self.cfg.retry_topic(dest)
-        for body in otlp_chunks(spans, min(DIVERT_MAX_BYTES, self.cfg.max_message_bytes)):
+        for body in otlp_chunks(spans, min(SAFE_MESSAGE_BYTES, self.cfg.max_message_bytes)):
             await self.app.produce(topic, body)
 
     def _breaker_changed(self, dest: str, state: str) -> None:

@@ -96,8 +96,6 @@ _DEST_KEYS: dict[str, tuple[str, Any]] = {
     "breaker_cooldown": ("breaker_cooldown_seconds", parse_duration),
     "headers_from_env": ("headers_from_env", None),
 }
-DIVERT_MAX_BYTES = 900 * 1024
-"""Largest retry-topic message: under Kafka's default topic limit (1 MiB)."""
 _HEADER = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 _ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOP_KEYS = {

@@ -27,9 +27,10 @@ from pipelines.backfill.progress import Progress
 from pipelines.destinations.queue import DestinationQueue, Entry
 from pipelines.destinations.senders import make_sender
 from pipelines.errors import TerminalError, TransientError
+from pipelines.kafka_records import SAFE_MESSAGE_BYTES, record_time_ns
 from pipelines.settings import Settings
 from pipelines.spans import SpanLimits, SpanView, get_decoder, otlp_chunks
-from pipelines.traces_config import DIVERT_MAX_BYTES, TracesConfig
+from pipelines.traces_config import TracesConfig
 
 Say = Callable[[str], None]
 
@@ -181,7 +182,7 @@ async def replay_traces(
         return await (await producer.send(topic, value))
 
     async def divert(dest: str, spans: Sequence[SpanView]) -> None:
-        for body in otlp_chunks(spans, min(DIVERT_MAX_BYTES, cfg.max_message_bytes)):
+        for body in otlp_chunks(spans, min(SAFE_MESSAGE_BYTES, cfg.max_message_bytes)):
             await produce(cfg.retry_topic(dest), body)
         report.diverted += len(spans)
 
@@ -217,7 +218,8 @@ async def replay_traces(
                     )
                 now_ns = time.time_ns()
                 for rec in records:
-                    decoded = decoders[tp.topic].decode(rec.value or b"", now_ns)
+                    at = record_time_ns(rec, now_ns)  # as the router judged it
+                    decoded = decoders[tp.topic].decode(rec.value or b"", at)
                     report.messages += 1
                     report.spans_read += len(decoded.batch.spans)
                     if decoded.message_error:

@@ -257,7 +257,8 @@ def verify_table(
         for entry in m.objects:
             path = object_partition(entry.key, spec.name)
             if path in swapped or not check:
-                # Rebuilt since: only a late copy of this object would be in the generation.
+                # Rebuilt since (only a late copy would be in the generation), or a cut
+                # outside the range: it accounts for objects, its own are not checked.
                 referenced.add(f"{current_dir(path)}/{entry.key.rsplit('/', 1)[-1]}")
                 continue
             what = f"{m.topic}[{m.partition}] {m.start}-{m.end}, named by {mkey}"

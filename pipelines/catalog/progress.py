@@ -14,6 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from pipelines.errors import TransientError
+from pipelines.kafka_records import first_record_at
 
 TP = tuple[str, int]
 
@@ -75,31 +76,7 @@ class AioKafkaProgress:
         return {(tp.topic, tp.partition): int(o) for tp, o in ends.items()}
 
     async def first_record_at(self, tp: TP, offset: int) -> int | None:
-        probe = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            client_id=f"{self.client_id}-probe",
-            enable_auto_commit=False,
-        )
-        try:
-            await probe.start()
-            atp = TopicPartition(*tp)
-            probe.assign([atp])
-            end = (await probe.end_offsets([atp]))[atp]
-            if offset >= end:
-                return None
-            probe.seek(atp, offset)
-            while await probe.position(atp) < end:
-                batch = await probe.getmany(atp, timeout_ms=2000, max_records=1)
-                records = batch.get(atp, [])
-                if records:
-                    return int(records[0].offset)
-                if not batch and await probe.position(atp) < end:
-                    raise TransientError(f"finalizer: {tp[0]}[{tp[1]}] not read at {offset}")
-            return None
-        except KafkaError as err:
-            raise TransientError(f"finalizer: reading {tp[0]}[{tp[1]}]: {err}") from err
-        finally:
-            await probe.stop()
+        return await first_record_at(self.bootstrap, self.client_id, tp[0], tp[1], offset)
 
     async def offsets_for_time(self, tps: Sequence[TP], epoch_ms: int) -> dict[TP, int | None]:
         consumer, _ = await self._clients()

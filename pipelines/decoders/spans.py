@@ -13,7 +13,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
+from pipelines.batching.buffer import SourceRecord
 from pipelines.decoders.base import DecodedBatch, Rejected
+from pipelines.kafka_records import record_time_ns
 from pipelines.spans import SpanLimits, SpanView, get_decoder
 from pipelines.spans.table import to_arrow
 from pipelines.tables import TableSpec
@@ -39,10 +41,19 @@ class SpansDecoder:
 
     def decode(self, values: Sequence[bytes]) -> DecodedBatch:
         now_ns = time.time_ns()
+        return self._decode([(value, now_ns) for value in values])
+
+    def decode_records(self, records: Sequence[SourceRecord]) -> DecodedBatch:
+        """As ``decode``, each message judged against its record's own time, so a replayed
+        cut accepts and rejects exactly the spans the first attempt did."""
+        now_ns = time.time_ns()
+        return self._decode([(r.value or b"", record_time_ns(r, now_ns)) for r in records])
+
+    def _decode(self, messages: Sequence[tuple[bytes, int]]) -> DecodedBatch:
         spans: list[SpanView] = []
         indices: list[int] = []
         rejected: list[Rejected] = []
-        for i, value in enumerate(values):
+        for i, (value, now_ns) in enumerate(messages):
             decoded = self.decoder.decode(value, now_ns)
             if decoded.message_error:
                 if self.report_rejects:

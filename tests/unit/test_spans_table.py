@@ -152,3 +152,26 @@ def test_rows_partition_and_survive_parquet(spec: TableSpec, views: list[SpanVie
     }
     back = pq.read_table(io.BytesIO(encode_parquet(table)))
     assert back.equals(table)
+
+
+def test_the_warehouse_decoder_judges_spans_against_their_records_time(spec: TableSpec) -> None:
+    """A replay, however much later, must accept and reject what the first attempt did: spans
+    two days ahead of their record's time are absurd, whatever the clock says now."""
+    from dataclasses import dataclass
+
+    from pipelines.decoders.spans import SpansDecoder
+
+    @dataclass(frozen=True)
+    class Rec:
+        offset: int
+        value: bytes
+        timestamp: int  # epoch ms, as Kafka stamps it
+
+    value = build_request().SerializeToString()
+    decoder = SpansDecoder(spec, "otlp_proto")
+    on_time = decoder.decode_records([Rec(0, value, NOW // 10**6)])
+    early = decoder.decode_records([Rec(1, value, NOW // 10**6 - 2 * 86_400_000)])
+    assert on_time.table.num_rows == 12 and on_time.rejected == []
+    assert early.table.num_rows == 0
+    assert [r.reason for r in early.rejected] == ["bad_timestamp"]
+    assert decoder.decode([value]).table.num_rows == 12  # values alone: the wall clock
