@@ -6,6 +6,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SLUICE := $(VENV)/bin/sluice
 STAMP := $(VENV)/.installed
+NATIVE_STAMP := $(VENV)/.native-installed
+NATIVE_SRC := native/Cargo.toml native/Cargo.lock native/pyproject.toml $(wildcard native/src/*.rs)
+# The Rust extension's build cache lives outside the clone, so a fresh clone builds fast.
+CARGO_TARGET_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/sluice/cargo-target
+export PATH := $(HOME)/.cargo/bin:$(PATH)
 PYTEST_ARGS ?=
 # Every server the suite runs against.
 TEST_STACK := kafka,s3,zipkin,jaeger,hms,trino
@@ -23,7 +28,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install sluice with its dev tools (pinned by constraints.txt)
+# sluice_native (native/, Rust via maturin): the spans table's rows from OTLP bytes.
+$(NATIVE_STAMP): $(STAMP) $(NATIVE_SRC)
+	@command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup.rs), then rerun make" >&2; exit 1; }
+	CARGO_TARGET_DIR=$(CARGO_TARGET_DIR) $(PY) -m pip install -q ./native
+	touch $(NATIVE_STAMP)
+
+install: $(STAMP) $(NATIVE_STAMP) ## create .venv and install sluice (and its native part) with its dev tools
 
 lint: install ## ruff + mypy --strict on pipelines/
 	$(VENV)/bin/ruff check pipelines tests bench

@@ -6,8 +6,10 @@ The messages and rules of ``bench.traces_e2e`` (Jaeger and Zipkin, plus the span
 every route), fed in fetch-sized batches through the router's own functions: decode and
 route every span, OTLP protobuf for Jaeger and Zipkin JSON in batches of 2,000 spans, the
 table's cuts encoded by its ``TableWriter`` (``encode``: rows, dt/hr groups, Parquet).
-``--table decode-again`` is the table path before the router shared its decode (the
-table's decoder parses every message again and re-routes every span). Reports µs per input
+``--table routed`` builds the table's rows natively from the message bytes
+(``spans.native``), ``--table routed-python`` in Python (``to_arrow``); ``--table
+decode-again`` is the table path before the router shared its decode (the table's decoder
+parses every message again and re-routes every span). Reports µs per input
 span per stage, the best of ``--runs`` (process CPU time, so another process on the same
 cores matters less than to wall-clock figures). The garbage collector is set as in a
 ``sluice traces`` process (``pipelines.traces.GC_THRESHOLDS``); ``--default-gc`` keeps
@@ -56,7 +58,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=600)
     parser.add_argument("--spans-per-message", type=int, default=100)
     parser.add_argument("--fetch", type=int, default=90, help="messages per fetched batch")
-    parser.add_argument("--table", choices=("routed", "decode-again", "none"), default="routed")
+    parser.add_argument(
+        "--table", choices=("routed", "routed-python", "decode-again", "none"), default="routed"
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--default-gc", action="store_true", help="Python's GC thresholds")
@@ -106,11 +110,12 @@ def main() -> None:
         for lo in range(0, len(records), args.fetch):
             batch = records[lo : lo + args.fetch]
             shares = timed("decode + route", route, batch)
-            if args.table == "routed":
+            if args.table.startswith("routed"):
                 from pipelines.destinations.table import routed_records
 
-                rows = timed("table rows (to_arrow)", routed_records, batch, shares[LAKE], schema)
-                cut_records += rows
+                native = args.table == "routed"
+                stage = f"table rows ({'native' if native else 'Python'})"
+                cut_records += timed(stage, routed_records, batch, shares[LAKE], schema, native)
             else:
                 cut_records += batch
             for dest, encode in ((JAEGER, to_otlp_proto), (ZIPKIN, to_zipkin_json)):
@@ -137,7 +142,7 @@ def _writer(mode: str, spec: Any, routing: Any) -> TableWriter | None:
     if mode == "none":
         return None
     decoder: Decoder
-    if mode == "routed":
+    if mode.startswith("routed"):
         from pipelines.destinations.table import RoutedRowsDecoder
 
         decoder = RoutedRowsDecoder(spec.arrow_schema)

@@ -456,6 +456,7 @@ def _table_factories(
                 cfg.max_message_bytes,
                 app.start_of,
                 app.rewind,
+                frozenset(t.name for t in cfg.topics if t.encoding == "otlp_proto"),
             )
 
         return make

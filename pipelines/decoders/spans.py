@@ -17,6 +17,7 @@ from pipelines.batching.buffer import SourceRecord
 from pipelines.decoders.base import DecodedBatch, Rejected
 from pipelines.kafka_records import record_time_ns
 from pipelines.spans import SpanLimits, SpanView, get_decoder
+from pipelines.spans.native import native_rows
 from pipelines.spans.table import to_arrow
 from pipelines.tables import TableSpec
 
@@ -34,6 +35,8 @@ class SpansDecoder:
         self.spec = spec
         self.schema = spec.arrow_schema
         self.decoder = get_decoder(encoding, SpanLimits(max_message_bytes=spec.max_record_bytes))
+        self.otlp_proto = encoding == "otlp_proto"
+        """Rows are built natively from the message bytes (``spans.native``)."""
         self.keep = keep
         """Only spans it accepts become rows (the trace router's routing to this table)."""
         self.report_rejects = report_rejects
@@ -53,6 +56,7 @@ class SpansDecoder:
         spans: list[SpanView] = []
         indices: list[int] = []
         rejected: list[Rejected] = []
+        wanted: list[tuple[bytes, list[int]]] = []
         for i, (value, now_ns) in enumerate(messages):
             decoded = self.decoder.decode(value, now_ns)
             if decoded.message_error:
@@ -67,4 +71,8 @@ class SpansDecoder:
                 kept = [s for s in kept if self.keep(s)]
             spans.extend(kept)
             indices.extend([i] * len(kept))
-        return DecodedBatch(to_arrow(spans, self.schema), indices, rejected)
+            wanted.append((value, [s.index for s in kept]))
+        rows = native_rows(wanted, self.schema) if self.otlp_proto and spans else None
+        if rows is None:
+            rows = to_arrow(spans, self.schema)
+        return DecodedBatch(rows, indices, rejected)

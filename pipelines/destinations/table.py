@@ -4,7 +4,8 @@ It is the warehouse sink's machinery inside the router: a ``PartitionSet`` cuts 
 topic's records (every record, so cuts stay contiguous) and a ``TableWriter`` writes each cut
 through the manifest protocol. The spans are not decoded a second time: the router hands
 ``add`` the spans it decoded and routed here, ``add`` turns each fetched batch's spans into
-Arrow rows at once (one ``to_arrow`` call per batch), and every record carries its slice of
+Arrow rows at once (one call per batch; natively from the bytes of OTLP protobuf messages,
+``spans.native``), and every record carries its slice of
 those rows into its cut. Routing is deterministic, so a replay builds the same rows.
 A message routed here is *done* for this destination when the cut holding it is durable; the
 router commits only then, so a crash replays it and the manifest makes the rewrite identical.
@@ -29,6 +30,7 @@ from pipelines.batching.partitions import CutSink, PartitionSet, Pauser, Rewind,
 from pipelines.deadletter import DeadLetterWriter
 from pipelines.decoders.base import DecodedBatch
 from pipelines.spans import SpanView
+from pipelines.spans.native import native_rows
 from pipelines.spans.table import to_arrow
 from pipelines.tables import TableSpec
 from pipelines.writers.store import ObjectStore
@@ -93,12 +95,28 @@ class RoutedRowsDecoder:
 
 
 def routed_records(
-    records: Sequence[Any], shares: Sequence[Sequence[SpanView]], schema: pa.Schema
+    records: Sequence[Any],
+    shares: Sequence[Sequence[SpanView]],
+    schema: pa.Schema,
+    otlp_proto: bool = False,
 ) -> list[SourceRecord]:
     """``records`` as ``RoutedRecord``s: the spans of every share become rows of ``schema``
-    in one ``to_arrow`` call, and each record keeps its slice."""
+    in one call, and each record keeps its slice. ``otlp_proto``: the values are OTLP
+    protobuf messages, so the rows are built natively from their bytes (``native_rows``)."""
     spans = [span for share in shares for span in share]
-    rows = to_arrow(spans, schema) if spans else schema.empty_table()
+    rows: pa.Table | None = None
+    if not spans:
+        rows = schema.empty_table()
+    elif otlp_proto:
+        rows = native_rows(
+            [
+                (rec.value or b"", [s.index for s in share])
+                for rec, share in zip(records, shares, strict=True)
+            ],
+            schema,
+        )
+    if rows is None:
+        rows = to_arrow(spans, schema)
     per_row = rows.nbytes / max(1, rows.num_rows)
     routed: list[SourceRecord] = []
     first = 0
@@ -131,8 +149,11 @@ class TableDestination:
         max_message_bytes: int,
         start_of: StartOf | None = None,
         rewind: Rewind | None = None,
+        otlp_proto_topics: frozenset[str] = frozenset(),
     ) -> None:
         self.name = name
+        self.otlp_proto_topics = otlp_proto_topics
+        """Topics of OTLP protobuf messages: their rows are built natively from the bytes."""
         self.schema = spec.arrow_schema
         self._done = done
         decoder = RoutedRowsDecoder(self.schema)
@@ -184,7 +205,8 @@ class TableDestination:
             self.waiting.setdefault(tp, deque()).extend(selected)
         if records and tp not in self.boundaries:
             self.boundaries[tp] = deque([records[0].offset])
-        self.partitions.add(tp, routed_records(records, shares, self.schema))
+        native = tp.topic in self.otlp_proto_topics
+        self.partitions.add(tp, routed_records(records, shares, self.schema, native))
 
     async def _committed(self, tp: Any, next_offset: int) -> bool:
         marks = self.boundaries.get(tp)

@@ -79,18 +79,20 @@ def collect(
     now_ns: int,
     limits: SpanLimits,
     indices: Sequence[int] | None = None,
+    wire: bytes | None = None,
 ) -> DecodedSpans:
     """Validate every span of ``request`` (in flattened order) into views and rejects.
 
     ``indices[i]``, when given, is the input position of the i-th flattened span (Zipkin
-    regroups spans by service); otherwise positions are the flattened order.
+    regroups spans by service); otherwise positions are the flattened order. ``wire``: the
+    bytes ``request`` was parsed from (OTLP protobuf input), kept on every ``ResourceView``.
     """
     lo, hi = limits.min_time_ns, now_ns + limits.max_future_ns
     spans: list[SpanView] = []
     rejected: list[RejectedSpan] = []
     i = 0
     for rs in request.resource_spans:
-        resource = ResourceView(rs)
+        resource = ResourceView(rs, wire)
         for ss in rs.scope_spans:
             scope = ScopeView(ss)
             for span in ss.spans:
@@ -139,7 +141,7 @@ class OtlpProtoDecoder:
         if value and not request.resource_spans:
             # Random bytes sometimes parse as unknown fields only.
             return message_error(UNPARSEABLE, "no resource_spans: not an OTLP trace request")
-        return collect(request, now_ns, self.limits)
+        return collect(request, now_ns, self.limits, wire=value)
 
 
 class OtlpJsonDecoder:

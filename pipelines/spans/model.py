@@ -142,10 +142,13 @@ class ResourceView:
     """One ``ResourceSpans``' resource, shared by its spans; attributes read once, on demand
     (and converted once per process for a resource seen before: ``_ResourceAttributes``)."""
 
-    __slots__ = ("_attrs", "_key", "_service", "_texts", "proto")
+    __slots__ = ("_attrs", "_key", "_service", "_texts", "proto", "wire")
 
-    def __init__(self, proto: ResourceSpans) -> None:
+    def __init__(self, proto: ResourceSpans, wire: bytes | None = None) -> None:
         self.proto = proto
+        self.wire = wire
+        """The OTLP protobuf message it was parsed from, when it was (OTLP protobuf input):
+        native encoders read its spans' bytes by their ``SpanView.index``."""
         self._attrs: dict[str, AttrValue] | None = None
         self._texts: dict[str, str] | None = None
         self._service: str | None = None

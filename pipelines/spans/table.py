@@ -8,8 +8,11 @@ order); ids are raw bytes (16/8), a root's ``parent_span_id`` and empty strings
 (``model.to_text``) in input order, a repeated key keeping its last value.
 
 Promoted columns are filled from the span attribute named in ``promoted`` (column →
-attribute key, default ``PROMOTED``), converted to the column's type; a value that does
-not convert (``"abc"`` for an int32) is null there, and is still in ``span_attributes``.
+attribute key, default ``PROMOTED``), converted to the column's type: a string column takes
+the attribute's text (as in ``span_attributes``; null for an unset value), an integer column
+an int or a decimal string in range; a value that does not convert (``"abc"`` for an int32)
+is null there, and is still in ``span_attributes``. ``native.native_rows`` builds the same
+rows from OTLP protobuf bytes in native code.
 One pass in Python over spans and attributes; resource attributes are converted once per
 resource and gathered with ``take``; every column is built from flat lists.
 """
@@ -81,7 +84,7 @@ def to_arrow(
         raise ValueError(f"spans table columns with no source: {', '.join(unknown)}")
     columns = {f.name: promoted[f.name] for f in schema if f.name in promoted}
     # attribute key -> (row, value) of every span that has it
-    hot: dict[str, list[tuple[int, AttrValue]]] = {key: [] for key in columns.values()}
+    hot: dict[str, list[tuple[int, AttrValue, str]]] = {key: [] for key in columns.values()}
     cols: dict[str, list[Any]] = {name: [] for name in _PER_SPAN}
     state, flags, name, kind = cols["state"], cols["flags"], cols["name"], cols["kind"]
     code, message = cols["code"], cols["message"]
@@ -103,16 +106,16 @@ def to_arrow(
                 if text:
                     texts[key] = text
                     if key in hot:
-                        hot[key].append((row, text))
+                        hot[key].append((row, text, text))
                 else:
-                    texts[key] = to_text(value)
+                    texts[key] = text = to_text(value)
                     if key in hot:
-                        hot[key].append((row, to_python(value)))
+                        hot[key].append((row, to_python(value), text))
             s.texts = texts
         else:  # built by another encoder: read the hot values (the last of a repeated key)
             for key, pairs in hot.items():
                 if key in texts:
-                    pairs.append((row, s.attributes.get(key)))
+                    pairs.append((row, s.attributes.get(key), texts[key]))
         keys.extend(texts)
         texts_out.extend(texts.values())
         key_offsets.append(len(keys))
@@ -242,21 +245,20 @@ def _shared(spans: Sequence[SpanView]) -> dict[str, Arr]:
     }
 
 
-def _promoted(pairs: list[tuple[int, AttrValue]], n: int, type_: pa.DataType) -> Arr:
-    values: list[object] = [None] * n
+def _promoted(values: list[tuple[int, AttrValue, str]], n: int, type_: pa.DataType) -> Arr:
+    column: list[object] = [None] * n
     if pa.types.is_string(type_):  # the common case, without a call per value
-        for row, value in pairs:
-            values[row] = value if isinstance(value, str) else _convert(value, type_)
+        for row, value, text in values:
+            column[row] = None if value is None else text
     else:
-        for row, value in pairs:
-            values[row] = _convert(value, type_)
-    return pa.array(values, type_)
+        for row, value, _ in values:
+            column[row] = _convert(value, type_)
+    return pa.array(column, type_)
 
 
 def _convert(value: AttrValue, type_: pa.DataType) -> object:
-    """``value`` as a Python value of Arrow ``type_``, or ``None`` if it does not fit."""
-    if pa.types.is_string(type_):
-        return value if isinstance(value, str) else None if value is None else str(value)
+    """``value`` as a Python value of Arrow ``type_`` (not a string type), or ``None`` if it
+    does not fit."""
     if pa.types.is_integer(type_):
         if isinstance(value, str) and _INT_RE.fullmatch(value):
             value = int(value)

@@ -41,6 +41,10 @@ _OK = Status.StatusCode.ValueType(1)
 _ERROR = Status.StatusCode.ValueType(2)
 _PEER_SERVICE = "peer.service"
 _STATUS_TAGS = ("error", "otel.status_code", "otel.status_description")
+# Tags the encoder sets itself: an attribute of one of these names needs the dict path.
+_SET_HERE = frozenset(
+    [_PEER_SERVICE, "otel.scope.name", "otel.scope.version", "error", "otel.status_code"]
+)
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
@@ -156,29 +160,40 @@ def to_zipkin_json(spans: Iterable[SpanView]) -> bytes:
 
     Equal (as JSON) to ``json.dumps([to_zipkin_dict(s) ...])``, but written directly: each
     resource's endpoint and tags are encoded once per call, strings through the C escaper;
-    a span whose tags need merging (a key in both resource and span, or ``peer.service``)
-    takes the dict path."""
+    a span whose tags need merging (a key in both resource and span, ``peer.service``, or a
+    tag this encoder sets: scope and status) takes the dict path. Spans decoded from OTLP
+    protobuf are encoded natively from their messages' bytes (``native.native_zipkin``)."""
+    from pipelines.spans.native import native_zipkin
+
+    spans = list(spans)
+    body = native_zipkin(spans)
+    return python_zipkin_json(spans) if body is None else body
+
+
+def python_zipkin_json(spans: Iterable[SpanView]) -> bytes:
+    """``to_zipkin_json`` in Python (any input encoding)."""
     parts: list[str] = []
-    resources: dict[int, tuple[str, str, frozenset[str]]] = {}
+    resources: dict[int, tuple[str, str, frozenset[str], bool]] = {}
     scopes: dict[int, str] = {}
     for span in spans:
         res = span.resource
         cached = resources.get(id(res))
         if cached is None:
             texts = res.attributes_text
-            keys = frozenset(k for k in texts if k != SERVICE_NAME)
+            keys = frozenset(k for k in texts if k != SERVICE_NAME) | _SET_HERE
             frag = ",".join(f"{_q(k)}:{_q(texts[k])}" for k in texts if k != SERVICE_NAME)
             endpoint = '{"serviceName":' + _q(res.service_name or "unknown_service") + "}"
-            cached = resources[id(res)] = (endpoint, frag, keys)
-        endpoint, res_tags, res_keys = cached
+            cached = (endpoint, frag, keys, not _SET_HERE.isdisjoint(texts))
+            resources[id(res)] = cached
+        endpoint, res_tags, res_keys, merge = cached
         p = span.proto
         tags: list[str] = [res_tags] if res_tags else []
         texts = span.attributes_text()  # built once per span, shared with the spans table
-        slow = _PEER_SERVICE in res_keys or _PEER_SERVICE in texts or not res_keys.isdisjoint(texts)
+        slow = merge or not res_keys.isdisjoint(texts)
         if not slow and texts:
             tags.append(_dumps(texts)[1:-1])  # one C call for every tag of the span
         if slow:
-            parts.append(json.dumps(to_zipkin_dict(span), separators=(",", ":")))
+            parts.append(_dumps(to_zipkin_dict(span)))
             continue
         scope_tags = scopes.get(id(span.scope))
         if scope_tags is None:

@@ -15,8 +15,9 @@ from pipelines.batching.buffer import PartitionBuffer, SourceRecord
 from pipelines.batching.partitions import Cut
 from pipelines.decoders.spans import SpansDecoder
 from pipelines.destinations.table import RoutedRecord, RoutedRowsDecoder, routed_records
-from pipelines.spans import SpanView, get_decoder, to_zipkin_json
+from pipelines.spans import SpanView, get_decoder
 from pipelines.spans.table import to_arrow
+from pipelines.spans.zipkin import python_zipkin_json
 from pipelines.tables import TableSpec, load_table
 from pipelines.writers.table_writer import EncodedCut, TableWriter
 from tests.unit.test_spans_decode import NOW, build_request
@@ -66,13 +67,28 @@ def encode(spec: TableSpec, decoder: Any, recs: list[Any]) -> EncodedCut:
     return writer.encode(Cut("spans.in", 2, recs[0].offset, recs, "age", 0, 0.0), CUT_TIME)
 
 
-def test_routed_rows_encode_like_a_second_decode(spec: TableSpec) -> None:
+@pytest.mark.parametrize("native", [True, False], ids=["native-rows", "python-rows"])
+def test_routed_rows_encode_like_a_second_decode(
+    spec: TableSpec, native: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows built from the router's spans equal a second decode's; one side's rows are built
+    natively from the message bytes and the other's in Python, both ways round."""
+    import pipelines.decoders.spans as warehouse_side
+    import pipelines.destinations.table as router_side
+
+    def python_rows_refused(*args: Any) -> None:
+        raise AssertionError("the Python rows were built where the native ones should be")
+
+    monkeypatch.setattr(router_side if native else warehouse_side, "to_arrow", python_rows_refused)
     recs = records()
-    again = encode(spec, SpansDecoder(spec, "otlp_proto", keep, report_rejects=False), recs)
+    decoder = SpansDecoder(spec, "otlp_proto", keep, report_rejects=False)
+    assert decoder.otlp_proto
+    decoder.otlp_proto = not native
+    again = encode(spec, decoder, recs)
     # Two fetched batches, each turned into rows at once; the cut spans both.
     shares = route(recs)
-    routed = routed_records(recs[:4], shares[:4], spec.arrow_schema) + routed_records(
-        recs[4:], shares[4:], spec.arrow_schema
+    routed = routed_records(recs[:4], shares[:4], spec.arrow_schema, native) + routed_records(
+        recs[4:], shares[4:], spec.arrow_schema, native
     )
     shared = encode(spec, RoutedRowsDecoder(spec.arrow_schema), routed)
     assert [o.key for o in shared.objects] == [o.key for o in again.objects]
@@ -122,7 +138,7 @@ def test_rows_are_the_same_when_zipkin_built_the_attribute_texts_first(spec: Tab
     value = build_request().SerializeToString()
     fresh = list(get_decoder().decode(value, NOW).batch)
     seen = list(get_decoder().decode(value, NOW).batch)
-    to_zipkin_json(seen)  # fills SpanView.texts
+    python_zipkin_json(seen)  # fills SpanView.texts (the native encoder does not)
     assert all(s.texts is not None for s in seen)
     assert to_arrow(seen, spec.arrow_schema).equals(to_arrow(fresh, spec.arrow_schema))
     assert [s.texts for s in fresh] == [s.texts for s in seen]  # to_arrow filled them too

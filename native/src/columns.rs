@@ -1,0 +1,162 @@
+//! Flat Arrow buffers: validity bitmaps, i32 offsets, values. Python wraps them with
+//! `pyarrow.Array.from_buffers` without copying.
+
+#[derive(Default)]
+pub struct Validity {
+    bits: Vec<bool>,
+    nulls: usize,
+}
+
+impl Validity {
+    pub fn push(&mut self, valid: bool) {
+        self.bits.push(valid);
+        if !valid {
+            self.nulls += 1;
+        }
+    }
+
+    pub fn nulls(&self) -> usize {
+        self.nulls
+    }
+
+    /// The LSB-first bitmap, or `None` when nothing is null.
+    pub fn bitmap(&self) -> Option<Vec<u8>> {
+        if self.nulls == 0 {
+            return None;
+        }
+        let mut out = vec![0u8; self.bits.len().div_ceil(8)];
+        for (i, valid) in self.bits.iter().enumerate() {
+            if *valid {
+                out[i / 8] |= 1 << (i % 8);
+            }
+        }
+        Some(out)
+    }
+}
+
+/// A `string` or `binary` column.
+pub struct Bytes {
+    pub offsets: Vec<i32>,
+    pub data: Vec<u8>,
+    pub validity: Validity,
+}
+
+impl Default for Bytes {
+    fn default() -> Self {
+        Bytes {
+            offsets: vec![0],
+            data: Vec::new(),
+            validity: Validity::default(),
+        }
+    }
+}
+
+impl Bytes {
+    pub fn push(&mut self, value: &[u8]) {
+        self.data.extend_from_slice(value);
+        self.offsets.push(self.data.len() as i32);
+        self.validity.push(true);
+    }
+
+    /// `value`, or null when it is empty.
+    pub fn push_or_null(&mut self, value: &[u8]) {
+        if value.is_empty() {
+            self.push_null();
+        } else {
+            self.push(value);
+        }
+    }
+
+    pub fn push_null(&mut self) {
+        self.offsets.push(self.data.len() as i32);
+        self.validity.push(false);
+    }
+
+    pub fn len(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    /// Offsets are i32: a column over 2 GiB cannot be built here.
+    pub fn fits(&self) -> bool {
+        self.data.len() <= i32::MAX as usize
+    }
+}
+
+/// A primitive column with optional nulls.
+#[derive(Default)]
+pub struct Prim<T> {
+    pub values: Vec<T>,
+    pub validity: Validity,
+}
+
+impl<T: Copy + Default> Prim<T> {
+    pub fn push(&mut self, value: T) {
+        self.values.push(value);
+        self.validity.push(true);
+    }
+
+    pub fn push_opt(&mut self, value: Option<T>) {
+        match value {
+            Some(v) => self.push(v),
+            None => {
+                self.values.push(T::default());
+                self.validity.push(false);
+            }
+        }
+    }
+}
+
+/// A `map<string,string>` column (never null; entries may be empty).
+pub struct Map {
+    pub offsets: Vec<i32>,
+    pub keys: Bytes,
+    pub values: Bytes,
+}
+
+impl Default for Map {
+    fn default() -> Self {
+        Map {
+            offsets: vec![0],
+            keys: Bytes::default(),
+            values: Bytes::default(),
+        }
+    }
+}
+
+impl Map {
+    pub fn push_entries<K: AsRef<str>, V: AsRef<str>>(&mut self, entries: &[(K, V)]) {
+        for (k, v) in entries {
+            self.keys.push(k.as_ref().as_bytes());
+            self.values.push(v.as_ref().as_bytes());
+        }
+        self.offsets.push(self.keys.len() as i32);
+    }
+
+    pub fn fits(&self) -> bool {
+        self.keys.fits() && self.values.fits()
+    }
+}
+
+/// Raw little-endian bytes of a primitive vector.
+pub fn le_bytes<T: ToLe>(values: &[T]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(std::mem::size_of_val(values));
+    for v in values {
+        v.extend_le(&mut out);
+    }
+    out
+}
+
+pub trait ToLe {
+    fn extend_le(&self, out: &mut Vec<u8>);
+}
+
+macro_rules! to_le {
+    ($($t:ty),*) => {$(
+        impl ToLe for $t {
+            fn extend_le(&self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+        }
+    )*};
+}
+to_le!(i32, i64);
