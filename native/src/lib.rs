@@ -2,11 +2,13 @@
 //!
 //! `spans_columns(messages, promoted)`: the spans table's columns for chosen spans of OTLP
 //! protobuf messages, as flat buffers (see `pipelines/spans/native.py`, which wraps them in
-//! Arrow arrays); `zipkin_json(messages, refs)`: chosen spans as a Zipkin v2 JSON list.
+//! Arrow arrays); `zipkin_json(messages, refs)` and `otlp_proto(messages, refs)`: chosen
+//! spans as a Zipkin v2 JSON list, or one OTLP request.
 //! The GIL is released while the messages are walked.
 
 mod columns;
 mod otlp;
+mod otlp_out;
 mod rows;
 mod text;
 mod wire;
@@ -176,6 +178,21 @@ fn zipkin_json<'py>(
     Ok(PyBytes::new(py, &body))
 }
 
+/// One OTLP `ExportTraceServiceRequest` holding the spans `refs` points at (as
+/// `zipkin_json`), their bytes copied as they came.
+#[pyfunction]
+fn otlp_proto<'py>(
+    py: Python<'py>,
+    messages: Vec<Bound<'py, PyBytes>>,
+    refs: Vec<(usize, usize)>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let raw: Vec<&[u8]> = messages.iter().map(|m| m.as_bytes()).collect();
+    let body = py
+        .allow_threads(|| otlp_out::encode(&raw, &refs))
+        .map_err(PyValueError::new_err)?;
+    Ok(PyBytes::new(py, &body))
+}
+
 /// Python's `repr(float)` and the attribute text of a double, for the tests.
 #[pyfunction]
 fn float_texts(f: f64) -> (String, String) {
@@ -187,5 +204,6 @@ fn sluice_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(spans_columns, m)?)?;
     m.add_function(wrap_pyfunction!(float_texts, m)?)?;
     m.add_function(wrap_pyfunction!(zipkin_json, m)?)?;
+    m.add_function(wrap_pyfunction!(otlp_proto, m)?)?;
     Ok(())
 }

@@ -155,6 +155,17 @@ pub fn resource_texts<'a>(raws: &[&'a [u8]]) -> Result<(Entries<'a>, Option<&'a 
 pub struct ScopeInfo<'a> {
     pub name: &'a str,
     pub version: &'a str,
+    /// Every occurrence of `ScopeSpans.scope` (several merge), and `schema_url`.
+    pub raw: Vec<&'a [u8]>,
+    pub schema_url: &'a [u8],
+}
+
+pub struct ResourceInfo<'a> {
+    /// Its attributes' `KeyValue`s.
+    pub attrs: Vec<&'a [u8]>,
+    /// Every occurrence of `ResourceSpans.resource` (several merge), and `schema_url`.
+    pub raw: Vec<&'a [u8]>,
+    pub schema_url: &'a [u8],
 }
 
 pub struct SpanRef<'a> {
@@ -163,9 +174,9 @@ pub struct SpanRef<'a> {
     pub raw: &'a [u8],
 }
 
-/// The message's resources (their attribute `KeyValue`s), scopes and spans, in order.
+/// The message's resources, scopes and spans, in order.
 pub struct Index<'a> {
-    pub resources: Vec<Vec<&'a [u8]>>,
+    pub resources: Vec<ResourceInfo<'a>>,
     pub scopes: Vec<ScopeInfo<'a>>,
     pub spans: Vec<SpanRef<'a>>,
 }
@@ -184,37 +195,48 @@ impl<'a> Index<'a> {
                 continue;
             }
             let resource = index.resources.len();
-            let mut attrs: Vec<&'a [u8]> = Vec::new();
+            let mut info = ResourceInfo {
+                attrs: Vec::new(),
+                raw: Vec::new(),
+                schema_url: &[],
+            };
             let mut scope_spans: Vec<&'a [u8]> = Vec::new();
             let mut rs = Reader::new(r.bytes()?);
             while let Some((f, w)) = rs.field()? {
                 match (f, w) {
                     (1, LEN) => {
-                        let mut res = Reader::new(rs.bytes()?);
+                        let raw = rs.bytes()?;
+                        info.raw.push(raw);
+                        let mut res = Reader::new(raw);
                         while let Some((f2, w2)) = res.field()? {
                             if (f2, w2) == (1, LEN) {
-                                attrs.push(res.bytes()?);
+                                info.attrs.push(res.bytes()?);
                             } else {
                                 res.skip(w2)?;
                             }
                         }
                     }
                     (2, LEN) => scope_spans.push(rs.bytes()?),
+                    (3, LEN) => info.schema_url = utf8(rs.bytes()?)?.as_bytes(),
                     _ => rs.skip(w)?,
                 }
             }
-            index.resources.push(attrs);
+            index.resources.push(info);
             for raw in scope_spans {
                 let scope = index.scopes.len();
                 let mut info = ScopeInfo {
                     name: "",
                     version: "",
+                    raw: Vec::new(),
+                    schema_url: &[],
                 };
                 let mut ss = Reader::new(raw);
                 while let Some((f, w)) = ss.field()? {
                     match (f, w) {
                         (1, LEN) => {
-                            let mut sc = Reader::new(ss.bytes()?);
+                            let raw = ss.bytes()?;
+                            info.raw.push(raw);
+                            let mut sc = Reader::new(raw);
                             while let Some((f2, w2)) = sc.field()? {
                                 match (f2, w2) {
                                     (1, LEN) => info.name = utf8(sc.bytes()?)?,
@@ -228,6 +250,7 @@ impl<'a> Index<'a> {
                             scope,
                             raw: ss.bytes()?,
                         }),
+                        (3, LEN) => info.schema_url = utf8(ss.bytes()?)?.as_bytes(),
                         _ => ss.skip(w)?,
                     }
                 }

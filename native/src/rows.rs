@@ -140,7 +140,7 @@ impl Columns {
             })?;
             let slot = &mut resources[span.resource];
             if slot.is_none() {
-                *slot = Some(resource_texts(&index.resources[span.resource])?);
+                *slot = Some(resource_texts(&index.resources[span.resource].attrs)?);
             }
             let (entries, service) = slot.as_ref().expect("filled above");
             self.resource_attributes.push_entries(entries);

@@ -48,7 +48,7 @@ pub fn encode(messages: &[&[u8]], refs: &[(usize, usize)]) -> Result<Vec<u8>> {
             .ok_or_else(|| format!("span {at} asked for, the message has {}", index.spans.len()))?;
         let slot = &mut resources[m][span.resource];
         if slot.is_none() {
-            *slot = Some(resource(&index.resources[span.resource])?);
+            *slot = Some(resource(&index.resources[span.resource].attrs)?);
         }
         if n > 0 {
             out.push(',');

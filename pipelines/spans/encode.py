@@ -42,7 +42,18 @@ def _field(tag: bytes, payload: bytes) -> bytes:
 
 
 def to_otlp_proto(spans: Iterable[SpanView]) -> bytes:
-    """Serialized ``ExportTraceServiceRequest`` holding ``spans``; see the module docstring."""
+    """Serialized ``ExportTraceServiceRequest`` holding ``spans``; see the module docstring.
+    Spans decoded from OTLP protobuf are copied natively from their messages' bytes
+    (``native.native_otlp``: equal spans and grouping, their bytes as they came)."""
+    from pipelines.spans.native import native_otlp
+
+    spans = list(spans)
+    body = native_otlp(spans)
+    return python_otlp_proto(spans) if body is None else body
+
+
+def python_otlp_proto(spans: Iterable[SpanView]) -> bytes:
+    """``to_otlp_proto`` in Python (any input encoding)."""
     # resource key -> (resource, {scope key -> (scope, [framed span bytes])})
     groups: dict[bytes, tuple[ResourceView, dict[bytes, tuple[ScopeView, list[bytes]]]]] = {}
     last_resource: ResourceView | None = None

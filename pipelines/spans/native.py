@@ -1,4 +1,4 @@
-"""Rows of the spans table, and Zipkin JSON, built in native code from OTLP protobuf bytes.
+"""Spans-table rows, Zipkin JSON and OTLP requests built natively from OTLP protobuf bytes.
 
 ``native_rows(messages, schema)`` returns the same table as ``table.to_arrow`` over the
 same spans (the tests compare both), about ten times faster: the ``sluice_native``
@@ -10,7 +10,8 @@ extension is not installed, the schema promotes an attribute to a type it does n
 or a message does not walk (logged) — and the caller uses ``to_arrow``.
 
 ``native_zipkin(spans)`` is ``zipkin.to_zipkin_json`` the same way (byte for byte equal),
-for spans decoded from OTLP protobuf (their ``ResourceView.wire``).
+and ``native_otlp(spans)`` ``encode.to_otlp_proto`` (the same request), for spans decoded
+from OTLP protobuf (their ``ResourceView.wire``).
 """
 
 from __future__ import annotations
@@ -97,6 +98,16 @@ def native_zipkin(spans: Sequence[SpanView]) -> bytes | None:
     """``zipkin.to_zipkin_json(spans)`` built natively from the messages' bytes, or ``None``
     when it cannot be (the extension is missing, a span's message is not OTLP protobuf —
     ``ResourceView.wire`` unset — or a message does not walk: logged)."""
+    return _encode("zipkin_json", "Zipkin JSON", spans)
+
+
+def native_otlp(spans: Sequence[SpanView]) -> bytes | None:
+    """``encode.to_otlp_proto(spans)`` built natively, as ``native_zipkin``: each span's
+    bytes copied from its message, grouped under equal resources and scopes."""
+    return _encode("otlp_proto", "OTLP protobuf", spans)
+
+
+def _encode(function: str, what: str, spans: Sequence[SpanView]) -> bytes | None:
     if _native is None:
         return None
     messages: list[bytes] = []
@@ -112,9 +123,9 @@ def native_zipkin(spans: Sequence[SpanView]) -> bytes | None:
             messages.append(wire)
         refs.append((m, span.index))
     try:
-        return cast(bytes, _native.zipkin_json(messages, refs))
+        return cast(bytes, getattr(_native, function)(messages, refs))
     except ValueError as e:
-        _refused("Zipkin JSON", e)
+        _refused(what, e)
         return None
 
 

@@ -184,7 +184,8 @@ class TableWriter:
         table = table.append_column(pa.field("_offset", pa.int64(), nullable=False), offsets)
         objects = []
         for path, rows in sorted(partition_groups(spec, table).items()):
-            part = table.take(pa.array(rows, pa.int64()))
+            # One group holds every row in order (the common case): no copy.
+            part = table if len(rows) == table.num_rows else table.take(pa.array(rows, pa.int64()))
             key = object_key(self.prefix, spec.name, path, cut.topic, cut.partition, cut.start)
             objects.append(EncodedObject(key, encode_parquet(part), part.num_rows))
         letters.sort(key=lambda d: d.offset)

@@ -1,5 +1,6 @@
-"""The native spans-table rows (``native_rows``) equal the Python ones (``to_arrow``), and
-the native Zipkin JSON (``native_zipkin``) the Python one (``python_zipkin_json``), byte for byte.
+"""The native spans-table rows (``native_rows``) equal the Python ones (``to_arrow``); the
+native Zipkin JSON (``native_zipkin``) and OTLP requests (``native_otlp``) equal the Python
+ones (``python_zipkin_json``, ``python_otlp_proto``) byte for byte.
 
 Both are built from the same messages: realistic ones, the bench's, hand-made edge cases
 (nested values, every double shape, repeated keys, control characters, out-of-range enums
@@ -20,8 +21,9 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from pipelines.spans import SpanView, get_decoder
+from pipelines.spans.encode import python_otlp_proto
 from pipelines.spans.model import _float_text
-from pipelines.spans.native import AVAILABLE, native_rows, native_zipkin
+from pipelines.spans.native import AVAILABLE, native_otlp, native_rows, native_zipkin
 from pipelines.spans.table import PROMOTED, to_arrow
 from pipelines.spans.zipkin import python_zipkin_json, to_zipkin_json
 from pipelines.tables import TableSpec, load_table
@@ -53,10 +55,13 @@ def both(messages: list[bytes], schema: pa.Schema, pick: random.Random | None = 
     zipkin = native_zipkin(views)
     assert zipkin is not None
     assert zipkin == python_zipkin_json(views)
+    # Canonically encoded input (as here): the native copy equals the re-serialization.
+    assert native_otlp(views) == python_otlp_proto(views)
     if pick is not None:  # spans of several messages, out of order: the senders' batches
         shuffled = views[:]
         pick.shuffle(shuffled)
         assert native_zipkin(shuffled) == python_zipkin_json(shuffled)
+        assert native_otlp(shuffled) == python_otlp_proto(shuffled)
     expected = to_arrow(views, schema)
     got = native_rows(wanted, schema)
     assert got is not None
@@ -270,3 +275,33 @@ def test_zipkin_of_other_encodings_is_built_in_python() -> None:
     views = list(get_decoder("otlp_json").decode(otlp_json(build_request()), NOW).batch)
     assert native_zipkin(views) is None
     assert to_zipkin_json(views) == python_zipkin_json(views)
+
+
+def test_otlp_copies_spans_as_they_came() -> None:
+    """A span encoded unusually (its fields out of order) is copied as it came: the request
+    parses to the same spans, under the same groups, as the Python re-encoding."""
+    from pipelines.spans.encode import _field
+
+    span = make_span(1)
+    raw = span.SerializeToString()
+    cut = raw.index(b"\x2a")  # the name (field 5): it and later fields first
+    odd = raw[cut:] + raw[:cut]
+    assert Span.FromString(odd) == span and odd != raw
+    rs = build_request(spans_per_scope=1).resource_spans[0]
+    scope = _field(b"\x0a", rs.scope_spans[0].scope.SerializeToString()) + _field(b"\x12", odd)
+    body = _field(b"\x0a", rs.resource.SerializeToString()) + _field(b"\x12", scope)
+    views = list(get_decoder().decode(_field(b"\x0a", body), NOW).batch)
+    assert len(views) == 1
+    native, python = native_otlp(views), python_otlp_proto(views)
+    assert native is not None and odd in native and odd not in python
+    parsed = ExportTraceServiceRequest.FromString(native)
+    assert parsed == ExportTraceServiceRequest.FromString(python)
+
+
+def test_otlp_of_other_encodings_is_built_in_python() -> None:
+    from pipelines.spans.encode import to_otlp_proto
+    from tests.unit.test_spans_decode import otlp_json
+
+    views = list(get_decoder("otlp_json").decode(otlp_json(build_request()), NOW).batch)
+    assert native_otlp(views) is None
+    assert to_otlp_proto(views) == python_otlp_proto(views)
