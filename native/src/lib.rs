@@ -171,11 +171,7 @@ fn zipkin_json<'py>(
     messages: Vec<Bound<'py, PyBytes>>,
     refs: Vec<(usize, usize)>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let raw: Vec<&[u8]> = messages.iter().map(|m| m.as_bytes()).collect();
-    let body = py
-        .allow_threads(|| zipkin::encode(&raw, &refs))
-        .map_err(PyValueError::new_err)?;
-    Ok(PyBytes::new(py, &body))
+    encode_spans(py, &messages, &refs, zipkin::encode)
 }
 
 /// One OTLP `ExportTraceServiceRequest` holding the spans `refs` points at (as
@@ -186,9 +182,20 @@ fn otlp_proto<'py>(
     messages: Vec<Bound<'py, PyBytes>>,
     refs: Vec<(usize, usize)>,
 ) -> PyResult<Bound<'py, PyBytes>> {
+    encode_spans(py, &messages, &refs, otlp_out::encode)
+}
+
+type Encoder = fn(&[&[u8]], &[(usize, usize)]) -> Result<Vec<u8>, String>;
+
+fn encode_spans<'py>(
+    py: Python<'py>,
+    messages: &[Bound<'py, PyBytes>],
+    refs: &[(usize, usize)],
+    encode: Encoder,
+) -> PyResult<Bound<'py, PyBytes>> {
     let raw: Vec<&[u8]> = messages.iter().map(|m| m.as_bytes()).collect();
     let body = py
-        .allow_threads(|| otlp_out::encode(&raw, &refs))
+        .allow_threads(|| encode(&raw, refs))
         .map_err(PyValueError::new_err)?;
     Ok(PyBytes::new(py, &body))
 }
