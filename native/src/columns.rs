@@ -136,27 +136,3 @@ impl Map {
         self.keys.fits() && self.values.fits()
     }
 }
-
-/// Raw little-endian bytes of a primitive vector.
-pub fn le_bytes<T: ToLe>(values: &[T]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(std::mem::size_of_val(values));
-    for v in values {
-        v.extend_le(&mut out);
-    }
-    out
-}
-
-pub trait ToLe {
-    fn extend_le(&self, out: &mut Vec<u8>);
-}
-
-macro_rules! to_le {
-    ($($t:ty),*) => {$(
-        impl ToLe for $t {
-            fn extend_le(&self, out: &mut Vec<u8>) {
-                out.extend_from_slice(&self.to_le_bytes());
-            }
-        }
-    )*};
-}
-to_le!(i32, i64);

@@ -14,50 +14,135 @@ mod text;
 mod wire;
 mod zipkin;
 
-use columns::{le_bytes, Bytes, Map, Prim, ToLe};
-use pyo3::exceptions::PyValueError;
+use columns::{Bytes, Map, Prim};
+use pyo3::exceptions::{PyBufferError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 use rows::{Columns, Promote, PromotedCol};
+use std::mem::take;
+
+#[cfg(target_endian = "big")]
+compile_error!("the Arrow buffers handed to Python are little-endian");
 
 type Py3<'py> = Bound<'py, PyTuple>;
 
-fn bytes_col<'py>(py: Python<'py>, c: &Bytes) -> PyResult<Py3<'py>> {
-    let bitmap = c.validity.bitmap();
+/// A buffer Python reads in place (the buffer protocol, read-only), so pyarrow wraps it
+/// without a copy and keeps it alive as long as an array uses it.
+#[pyclass(frozen)]
+struct Buf(Owned);
+
+enum Owned {
+    U8(Vec<u8>),
+    I32(Vec<i32>),
+    I64(Vec<i64>),
+}
+
+impl Owned {
+    fn bytes(&self) -> &[u8] {
+        let (ptr, len) = match self {
+            Owned::U8(v) => (v.as_ptr(), v.len()),
+            Owned::I32(v) => (v.as_ptr().cast::<u8>(), v.len() * 4),
+            Owned::I64(v) => (v.as_ptr().cast::<u8>(), v.len() * 8),
+        };
+        // SAFETY: the vector's own memory, read as bytes (every bit pattern is a valid u8).
+        unsafe { std::slice::from_raw_parts(ptr, len) }
+    }
+}
+
+impl From<Vec<u8>> for Owned {
+    fn from(v: Vec<u8>) -> Self {
+        Owned::U8(v)
+    }
+}
+
+impl From<Vec<i32>> for Owned {
+    fn from(v: Vec<i32>) -> Self {
+        Owned::I32(v)
+    }
+}
+
+impl From<Vec<i64>> for Owned {
+    fn from(v: Vec<i64>) -> Self {
+        Owned::I64(v)
+    }
+}
+
+#[pymethods]
+impl Buf {
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut pyo3::ffi::Py_buffer,
+        flags: std::os::raw::c_int,
+    ) -> PyResult<()> {
+        if flags & pyo3::ffi::PyBUF_WRITABLE == pyo3::ffi::PyBUF_WRITABLE {
+            return Err(PyBufferError::new_err("a read-only buffer"));
+        }
+        let bytes = slf.get().0.bytes();
+        // SAFETY: `view` comes from Python; the buffer lives as long as `slf`, which the
+        // view holds a reference to.
+        let rc = unsafe {
+            pyo3::ffi::PyBuffer_FillInfo(
+                view,
+                slf.as_ptr(),
+                bytes.as_ptr() as *mut std::os::raw::c_void,
+                bytes.len() as pyo3::ffi::Py_ssize_t,
+                1,
+                flags,
+            )
+        };
+        if rc == -1 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        Ok(())
+    }
+
+    unsafe fn __releasebuffer__(&self, _view: *mut pyo3::ffi::Py_buffer) {}
+}
+
+fn buf<'py, T: Into<Owned>>(py: Python<'py>, v: T) -> PyResult<Bound<'py, PyAny>> {
+    Ok(Bound::new(py, Buf(v.into()))?.into_any())
+}
+
+fn bitmap<'py>(py: Python<'py>, bits: Option<Vec<u8>>) -> PyResult<Bound<'py, PyAny>> {
+    match bits {
+        Some(b) => buf(py, b),
+        None => Ok(py.None().into_bound(py)),
+    }
+}
+
+fn bytes_col<'py>(py: Python<'py>, c: &mut Bytes) -> PyResult<Py3<'py>> {
     PyTuple::new(
         py,
         [
-            bitmap
-                .map(|b| PyBytes::new(py, &b).into_any())
-                .unwrap_or_else(|| py.None().into_bound(py)),
-            PyBytes::new(py, &le_bytes(&c.offsets)).into_any(),
-            PyBytes::new(py, &c.data).into_any(),
+            bitmap(py, c.validity.bitmap())?,
+            buf(py, take(&mut c.offsets))?,
+            buf(py, take(&mut c.data))?,
             c.validity.nulls().into_pyobject(py)?.into_any(),
         ],
     )
 }
 
-fn prim_col<'py, T: ToLe>(py: Python<'py>, c: &Prim<T>) -> PyResult<Py3<'py>> {
-    let bitmap = c.validity.bitmap();
+fn prim_col<'py, T>(py: Python<'py>, c: &mut Prim<T>) -> PyResult<Py3<'py>>
+where
+    Vec<T>: Into<Owned>,
+{
     PyTuple::new(
         py,
         [
-            bitmap
-                .map(|b| PyBytes::new(py, &b).into_any())
-                .unwrap_or_else(|| py.None().into_bound(py)),
-            PyBytes::new(py, &le_bytes(&c.values)).into_any(),
+            bitmap(py, c.validity.bitmap())?,
+            buf(py, take(&mut c.values))?,
             c.validity.nulls().into_pyobject(py)?.into_any(),
         ],
     )
 }
 
-fn map_col<'py>(py: Python<'py>, c: &Map) -> PyResult<Py3<'py>> {
+fn map_col<'py>(py: Python<'py>, c: &mut Map) -> PyResult<Py3<'py>> {
     PyTuple::new(
         py,
         [
-            PyBytes::new(py, &le_bytes(&c.offsets)).into_any(),
-            bytes_col(py, &c.keys)?.into_any(),
-            bytes_col(py, &c.values)?.into_any(),
+            buf(py, take(&mut c.offsets))?,
+            bytes_col(py, &mut c.keys)?.into_any(),
+            bytes_col(py, &mut c.values)?.into_any(),
         ],
     )
 }
@@ -82,7 +167,7 @@ fn spans_columns<'py>(
         .iter()
         .map(|(m, s)| (m.as_bytes(), s.clone()))
         .collect();
-    let cols = py
+    let mut cols = py
         .allow_threads(|| {
             let mut cols = Columns::new(kinds);
             for (message, spans) in &raw {
@@ -94,65 +179,65 @@ fn spans_columns<'py>(
     let out = PyDict::new(py);
     out.set_item("rows", cols.rows)?;
     for (name, c) in [
-        ("trace_id", &cols.trace_id),
-        ("span_id", &cols.span_id),
-        ("parent_span_id", &cols.parent_span_id),
-        ("trace_state", &cols.trace_state),
-        ("name", &cols.name),
-        ("status_message", &cols.status_message),
-        ("service_name", &cols.service_name),
-        ("scope_name", &cols.scope_name),
-        ("scope_version", &cols.scope_version),
+        ("trace_id", &mut cols.trace_id),
+        ("span_id", &mut cols.span_id),
+        ("parent_span_id", &mut cols.parent_span_id),
+        ("trace_state", &mut cols.trace_state),
+        ("name", &mut cols.name),
+        ("status_message", &mut cols.status_message),
+        ("service_name", &mut cols.service_name),
+        ("scope_name", &mut cols.scope_name),
+        ("scope_version", &mut cols.scope_version),
     ] {
         out.set_item(name, bytes_col(py, c)?)?;
     }
     for (name, c) in [
-        ("flags", &cols.flags),
-        ("start_time", &cols.start_us),
-        ("end_time", &cols.end_us),
-        ("duration_ns", &cols.duration_ns),
+        ("flags", &mut cols.flags),
+        ("start_time", &mut cols.start_us),
+        ("end_time", &mut cols.end_us),
+        ("duration_ns", &mut cols.duration_ns),
     ] {
         out.set_item(name, prim_col(py, c)?)?;
     }
     for (name, c) in [
-        ("kind", &cols.kind),
-        ("status_code", &cols.status_code),
-        ("dropped_attributes_count", &cols.dropped_attributes),
-        ("dropped_events_count", &cols.dropped_events),
-        ("dropped_links_count", &cols.dropped_links),
+        ("kind", &mut cols.kind),
+        ("status_code", &mut cols.status_code),
+        ("dropped_attributes_count", &mut cols.dropped_attributes),
+        ("dropped_events_count", &mut cols.dropped_events),
+        ("dropped_links_count", &mut cols.dropped_links),
     ] {
         out.set_item(name, prim_col(py, c)?)?;
     }
     out.set_item(
         "resource_attributes",
-        map_col(py, &cols.resource_attributes)?,
+        map_col(py, &mut cols.resource_attributes)?,
     )?;
-    out.set_item("span_attributes", map_col(py, &cols.span_attributes)?)?;
-    let e = &cols.events;
+    out.set_item("span_attributes", map_col(py, &mut cols.span_attributes)?)?;
+    let e = &mut cols.events;
     out.set_item(
         "events",
         (
-            PyBytes::new(py, &le_bytes(&e.offsets)),
-            prim_col(py, &e.time)?,
-            bytes_col(py, &e.name)?,
-            map_col(py, &e.attrs)?,
-            prim_col(py, &e.dropped)?,
+            buf(py, take(&mut e.offsets))?,
+            prim_col(py, &mut e.time)?,
+            bytes_col(py, &mut e.name)?,
+            map_col(py, &mut e.attrs)?,
+            prim_col(py, &mut e.dropped)?,
         ),
     )?;
-    let l = &cols.links;
+    let l = &mut cols.links;
     out.set_item(
         "links",
         (
-            PyBytes::new(py, &le_bytes(&l.offsets)),
-            bytes_col(py, &l.trace_id)?,
-            bytes_col(py, &l.span_id)?,
-            bytes_col(py, &l.state)?,
-            map_col(py, &l.attrs)?,
-            prim_col(py, &l.dropped)?,
+            buf(py, take(&mut l.offsets))?,
+            bytes_col(py, &mut l.trace_id)?,
+            bytes_col(py, &mut l.span_id)?,
+            bytes_col(py, &mut l.state)?,
+            map_col(py, &mut l.attrs)?,
+            prim_col(py, &mut l.dropped)?,
         ),
     )?;
     let promoted = pyo3::types::PyList::empty(py);
-    for c in &cols.promoted {
+    for c in &mut cols.promoted {
         match c {
             PromotedCol::Str(b) => promoted.append(bytes_col(py, b)?)?,
             PromotedCol::Int(p) => promoted.append(prim_col(py, p)?)?,

@@ -1,13 +1,13 @@
 """Spans-table rows, Zipkin JSON and OTLP requests built natively from OTLP protobuf bytes.
 
 ``native_rows(messages, schema)`` returns the same table as ``table.to_arrow`` over the
-same spans (the tests compare both), about ten times faster: the ``sluice_native``
-extension (``native/``, Rust, built by ``make install``) walks each message's bytes once,
-outside the GIL, and hands back flat Arrow buffers. ``messages`` pairs a message value with
-the positions of the spans wanted (``SpanView.index``: the flattened order, which is the
-message's own for OTLP protobuf input). It returns ``None`` when it cannot answer — the
-extension is not installed, the schema promotes an attribute to a type it does not build,
-or a message does not walk (logged) — and the caller uses ``to_arrow``.
+same spans (the tests compare both), several times faster: the ``sluice_native`` extension
+(``native/``, Rust, built by ``make install``) walks each message's bytes once, outside the
+GIL, and hands back flat Arrow buffers that pyarrow wraps without a copy. ``messages`` pairs
+a message value with the positions of the spans wanted (``SpanView.index``: the flattened
+order, which is the message's own for OTLP protobuf input). It returns ``None`` when it
+cannot answer — the extension is not installed, the schema promotes an attribute to a type
+it does not build, or a message does not walk (logged) — and the caller uses ``to_arrow``.
 
 ``native_zipkin(spans)`` is ``zipkin.to_zipkin_json`` the same way (byte for byte equal),
 and ``native_otlp(spans)`` ``encode.to_otlp_proto`` (the same request), for spans decoded
@@ -135,7 +135,8 @@ def _refused(what: str, e: ValueError) -> None:
         log.warning("%s built in Python: the native walker refused a message: %s", what, e)
 
 
-def _buf(raw: bytes | None) -> pa.Buffer | None:
+def _buf(raw: Any) -> pa.Buffer | None:
+    """A native buffer (read in place through the buffer protocol), or None."""
     return None if raw is None else pa.py_buffer(raw)
 
 
@@ -156,13 +157,13 @@ def _prim(type_: pa.DataType, n: int, raw: tuple[Any, ...]) -> Arr:
     return cast(Arr, pa.Array.from_buffers(type_, n, [_buf(validity), _buf(values)], nulls))
 
 
-def _offsets(raw: bytes, n: int) -> pa.Int32Array:
+def _offsets(raw: Any, n: int) -> pa.Int32Array:
     return cast(pa.Int32Array, pa.Array.from_buffers(pa.int32(), n + 1, [None, pa.py_buffer(raw)]))
 
 
-def _last(offsets: bytes) -> int:
+def _last(offsets: Any) -> int:
     """The last of little-endian int32 offsets: how many child values they span."""
-    return int.from_bytes(offsets[-4:], "little", signed=True)
+    return int.from_bytes(memoryview(offsets)[-4:], "little", signed=True)
 
 
 def _map(n: int, raw: tuple[Any, ...]) -> Arr:
