@@ -22,6 +22,7 @@ from typing import Any, cast
 
 from pipelines import trace_metrics as tm
 from pipelines.deadletter import DeadLetter, translate_produce_error
+from pipelines.decoders.base import UNPARSEABLE
 from pipelines.destinations.queue import DestinationQueue, Entry
 from pipelines.destinations.senders import make_sender
 from pipelines.destinations.table import TableDestination
@@ -32,6 +33,7 @@ from pipelines.routing.conditions import AttrValue
 from pipelines.routing.tracker import OffsetTracker
 from pipelines.settings import Settings
 from pipelines.spans import DecodedSpans, SpanLimits, SpanView, get_decoder, otlp_chunks
+from pipelines.spans.decode import message_error
 from pipelines.traces_config import TracesConfig, load_traces
 
 log = logging.getLogger(__name__)
@@ -191,7 +193,10 @@ class TraceRouter:
         selected: dict[str, list[tuple[int, int]]],
         routed: dict[str, list[Sequence[SpanView]]],
     ) -> None:
-        decoded = self.decoders[tp.topic].decode(rec.value or b"", now_ns)
+        if rec.value is None:  # a tombstone: no spans, but never dropped silently
+            decoded = message_error(UNPARSEABLE, "null value (tombstone)")
+        else:
+            decoded = self.decoders[tp.topic].decode(rec.value, now_ns)
         letter = _letter(tp, rec, decoded)
         shares: dict[str, list[SpanView]] = {}
         routing = self.cfg.routing

@@ -158,7 +158,10 @@ class TableDestination:
         self._done = done
         decoder = RoutedRowsDecoder(self.schema)
         sinks: dict[str, CutSink] = {
-            topic: TableWriter(spec, decoder, store, "", dead_letters, max_message_bytes)
+            # The router dead-letters bad messages (null, oversized, unparseable) once.
+            topic: TableWriter(
+                spec, decoder, store, "", dead_letters, max_message_bytes, screens_records=False
+            )
             for topic in topics
         }
         self.partitions = PartitionSet(

@@ -72,6 +72,7 @@ class TableWriter:
         wall_clock: Callable[[], float] = time.time,
         upload_parallelism: int = 4,
         encode_slots: asyncio.Semaphore | None = None,
+        screens_records: bool = True,
     ) -> None:
         self.spec = spec
         self.decoder = decoder
@@ -84,6 +85,9 @@ class TableWriter:
         # Encoding is CPU-bound (pyarrow is multi-threaded already) and expands a cut ~2-3x
         # in memory while it runs: one at a time per worker bounds both.
         self._encode_slots = encode_slots or asyncio.Semaphore(1)
+        self.screens_records = screens_records
+        """False when the records' producer of rows (the trace router) already dead-letters
+        null and oversized values: then every record goes to the decoder as it is."""
 
     async def write(self, cut: Cut) -> None:
         spec = self.spec
@@ -150,7 +154,10 @@ class TableWriter:
         keep: list[int] = []
         for i, rec in enumerate(cut.records):
             value = rec.value
-            if value is None:
+            if not self.screens_records:
+                keep.append(i)
+                values.append(value or b"")
+            elif value is None:
                 letters.append(self._letter(cut, i, "unparseable", "null value (tombstone)"))
             elif len(value) > self.max_message_bytes:
                 letters.append(
