@@ -34,6 +34,10 @@ impl Validity {
     }
 }
 
+fn offset(len: usize) -> i32 {
+    i32::try_from(len).unwrap_or(i32::MAX)
+}
+
 /// A `string` or `binary` column.
 pub struct Bytes {
     pub offsets: Vec<i32>,
@@ -54,7 +58,7 @@ impl Default for Bytes {
 impl Bytes {
     pub fn push(&mut self, value: &[u8]) {
         self.data.extend_from_slice(value);
-        self.offsets.push(self.data.len() as i32);
+        self.offsets.push(offset(self.data.len()));
         self.validity.push(true);
     }
 
@@ -68,7 +72,7 @@ impl Bytes {
     }
 
     pub fn push_null(&mut self) {
-        self.offsets.push(self.data.len() as i32);
+        self.offsets.push(offset(self.data.len()));
         self.validity.push(false);
     }
 
@@ -76,9 +80,10 @@ impl Bytes {
         self.offsets.len() - 1
     }
 
-    /// Offsets are i32: a column over 2 GiB cannot be built here.
-    pub fn fits(&self) -> bool {
-        self.data.len() <= i32::MAX as usize
+    /// Offsets are i32: a column over 2 GiB (or `limit`) cannot be built here (its offsets
+    /// saturate; callers check this before handing the column out).
+    pub fn fits(&self, limit: usize) -> bool {
+        self.data.len() <= limit.min(i32::MAX as usize)
     }
 }
 
@@ -132,7 +137,7 @@ impl Map {
         self.offsets.push(self.keys.len() as i32);
     }
 
-    pub fn fits(&self) -> bool {
-        self.keys.fits() && self.values.fits()
+    pub fn fits(&self, limit: usize) -> bool {
+        self.keys.fits(limit) && self.values.fits(limit)
     }
 }

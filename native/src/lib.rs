@@ -7,6 +7,7 @@
 //! The GIL is released while the messages are walked.
 
 mod columns;
+mod dict;
 mod otlp;
 mod otlp_out;
 mod rows;
@@ -75,6 +76,8 @@ impl Buf {
         flags: std::os::raw::c_int,
     ) -> PyResult<()> {
         if flags & pyo3::ffi::PyBUF_WRITABLE == pyo3::ffi::PyBUF_WRITABLE {
+            // SAFETY: `view` is Python's to fill; on failure its `obj` must be NULL.
+            unsafe { (*view).obj = std::ptr::null_mut() };
             return Err(PyBufferError::new_err("a read-only buffer"));
         }
         let bytes = slf.get().0.bytes();
@@ -148,13 +151,16 @@ fn map_col<'py>(py: Python<'py>, c: &mut Map) -> PyResult<Py3<'py>> {
 }
 
 /// `messages`: (OTLP protobuf bytes, flattened positions of the spans wanted) pairs;
-/// `promoted`: (attribute key, column type name) pairs. Returns a dict of buffers; raises
+/// `promoted`: (attribute key, column type name) pairs; `max_column_bytes`: a lower limit
+/// than Arrow's 2 GiB per string column (for tests). Returns a dict of buffers; raises
 /// `ValueError` for a message it cannot walk (the caller falls back to the Python path).
 #[pyfunction]
+#[pyo3(signature = (messages, promoted, max_column_bytes=None))]
 fn spans_columns<'py>(
     py: Python<'py>,
     messages: Vec<(Bound<'py, PyBytes>, Vec<usize>)>,
     promoted: Vec<(String, String)>,
+    max_column_bytes: Option<usize>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let mut kinds = Vec::with_capacity(promoted.len());
     for (key, type_name) in promoted {
@@ -170,6 +176,9 @@ fn spans_columns<'py>(
     let mut cols = py
         .allow_threads(|| {
             let mut cols = Columns::new(kinds);
+            if let Some(limit) = max_column_bytes {
+                cols.max_column_bytes = cols.max_column_bytes.min(limit);
+            }
             for (message, spans) in &raw {
                 cols.add_message(message, spans)?;
             }
@@ -297,5 +306,9 @@ fn sluice_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(float_texts, m)?)?;
     m.add_function(wrap_pyfunction!(zipkin_json, m)?)?;
     m.add_function(wrap_pyfunction!(otlp_proto, m)?)?;
+    m.add(
+        "PanicException",
+        m.py().get_type::<pyo3::panic::PanicException>(),
+    )?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Walking OTLP trace messages: the spans of a request in flattened order, a span's
 //! fields, and attribute lists as text with Python dict semantics.
 
+use crate::dict::Dict;
 use crate::text::{parse_any, parse_kv, to_text, Any};
 use crate::wire::{utf8, Reader, Result, FIXED32, FIXED64, LEN, VARINT};
 use std::borrow::Cow;
@@ -124,17 +125,13 @@ pub fn texts<'a>(
     raws: &[&'a [u8]],
     mut each: impl FnMut(&str, &'a [u8]) -> Result<()>,
 ) -> Result<Entries<'a>> {
-    let mut out: Entries<'a> = Vec::with_capacity(raws.len());
+    let mut out = Dict::with_capacity(raws.len());
     for raw in raws {
         let (key, value) = parse_kv(raw)?;
         each(key, value)?;
-        let text = to_text(&parse_any(value)?)?;
-        match out.iter_mut().find(|(k, _)| *k == key) {
-            Some(slot) => slot.1 = text,
-            None => out.push((key, text)),
-        }
+        out.insert(key, to_text(&parse_any(value)?)?);
     }
-    Ok(out)
+    Ok(out.entries)
 }
 
 /// The resource's attribute texts and its `service.name` (the last one, when a string).

@@ -82,6 +82,8 @@ pub struct Columns {
     pub dropped_links: Prim<i32>,
     pub promoted_keys: Vec<(String, Promote)>,
     pub promoted: Vec<PromotedCol>,
+    /// A string column may not grow past this (Arrow's i32 offsets: 2 GiB at most).
+    pub max_column_bytes: usize,
 }
 
 impl Columns {
@@ -123,6 +125,7 @@ impl Columns {
             dropped_links: Prim::default(),
             promoted_keys: promoted,
             promoted: cols,
+            max_column_bytes: i32::MAX as usize,
         }
     }
 
@@ -152,15 +155,45 @@ impl Columns {
             self.scope_name.push_or_null(scope.name.as_bytes());
             self.scope_version.push_or_null(scope.version.as_bytes());
             self.add_span(span.raw)?;
-        }
-        if !(self.span_attributes.fits()
-            && self.resource_attributes.fits()
-            && self.events.attrs.fits()
-            && self.links.attrs.fits())
-        {
-            return Err("more than 2 GiB of attributes in one call".into());
+            if !self.fits() {
+                return Err(format!(
+                    "a column over {} bytes in one call",
+                    self.max_column_bytes
+                ));
+            }
         }
         Ok(())
+    }
+
+    /// Every string/binary column under 2 GiB (Arrow's i32 offsets).
+    fn fits(&self) -> bool {
+        let maps = [
+            &self.span_attributes,
+            &self.resource_attributes,
+            &self.events.attrs,
+            &self.links.attrs,
+        ];
+        let columns = [
+            &self.trace_id,
+            &self.span_id,
+            &self.parent_span_id,
+            &self.trace_state,
+            &self.name,
+            &self.status_message,
+            &self.service_name,
+            &self.scope_name,
+            &self.scope_version,
+            &self.events.name,
+            &self.links.trace_id,
+            &self.links.span_id,
+            &self.links.state,
+        ];
+        let promoted = self.promoted.iter().all(|c| match c {
+            PromotedCol::Str(b) => b.fits(self.max_column_bytes),
+            PromotedCol::Int(_) => true,
+        });
+        let limit = self.max_column_bytes;
+        promoted && maps.iter().all(|m| m.fits(limit)) && columns.iter().all(|c| c.fits(limit))
     }
 
     fn add_span(&mut self, raw: &[u8]) -> Result<()> {
@@ -193,8 +226,10 @@ impl Columns {
         let entries = {
             let keys = &self.promoted_keys;
             texts(&f.attrs, |key, value| {
-                if let Some(i) = keys.iter().position(|(k, _)| k == key) {
-                    hot[i] = Some(parse_any(value)?);
+                for (i, (k, _)) in keys.iter().enumerate() {
+                    if k == key {
+                        hot[i] = Some(parse_any(value)?);
+                    }
                 }
                 Ok(())
             })?
@@ -250,7 +285,7 @@ fn saturate(v: u32) -> i32 {
 fn promote(col: &mut PromotedCol, kind: Promote, value: Option<&Any<'_>>) -> Result<()> {
     match col {
         PromotedCol::Str(c) => match value {
-            None | Some(Any::Unset) => c.push_null(),
+            None | Some(Any::Unset) | Some(Any::StrIndex) => c.push_null(),
             Some(v) => c.push(to_text(v)?.as_bytes()),
         },
         PromotedCol::Int(c) => {

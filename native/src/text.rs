@@ -5,6 +5,7 @@
 //! doubles as the strings "inf"/"-inf"/"nan"; a repeated map key keeps its first position
 //! and its last value, like a Python dict).
 
+use crate::dict::Dict;
 use crate::wire::{utf8, Reader, Result, FIXED64, LEN, VARINT};
 use std::borrow::Cow;
 
@@ -17,6 +18,9 @@ pub enum Any<'a> {
     Int(i64),
     Double(f64),
     Bytes(&'a [u8]),
+    /// `string_value_strindex` (a profiles-only index into a string table): Python reads
+    /// it as no value it knows, `None`, whose text is `null`.
+    StrIndex,
     /// The raw `ArrayValue` / `KeyValueList` messages, in wire order.
     Array(Vec<&'a [u8]>),
     KvList(Vec<&'a [u8]>),
@@ -46,6 +50,10 @@ pub fn parse_any(buf: &[u8]) -> Result<Any<'_>> {
                 }
             }
             (7, LEN) => out = Any::Bytes(r.bytes()?),
+            (8, VARINT) => {
+                r.varint()?;
+                out = Any::StrIndex;
+            }
             _ => r.skip(wt)?,
         }
     }
@@ -84,6 +92,7 @@ pub fn parse_kv(buf: &[u8]) -> Result<(&str, &[u8])> {
 pub fn to_text<'a>(value: &Any<'a>) -> Result<Cow<'a, str>> {
     Ok(match value {
         Any::Unset => Cow::Borrowed(""),
+        Any::StrIndex => Cow::Borrowed("null"),
         Any::Str(s) => Cow::Borrowed(*s),
         Any::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
         Any::Int(i) => Cow::Owned(i.to_string()),
@@ -100,7 +109,7 @@ pub fn to_text<'a>(value: &Any<'a>) -> Result<Cow<'a, str>> {
 /// Python's `json.dumps` of the value as `to_python` + `_jsonable` make it.
 pub fn json(value: &Any<'_>, out: &mut String) -> Result<()> {
     match value {
-        Any::Unset => out.push_str("null"),
+        Any::Unset | Any::StrIndex => out.push_str("null"),
         Any::Str(s) => json_string(s, out),
         Any::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Any::Int(i) => out.push_str(&i.to_string()),
@@ -136,23 +145,20 @@ pub fn json(value: &Any<'_>, out: &mut String) -> Result<()> {
             out.push(']');
         }
         Any::KvList(parts) => {
-            let mut entries: Vec<(&str, &[u8])> = Vec::new();
+            let mut entries: Dict<'_, &[u8]> = Dict::with_capacity(4);
             for part in parts {
                 let mut r = Reader::new(part);
                 while let Some((field, wt)) = r.field()? {
                     if (field, wt) == (1, LEN) {
                         let (key, raw) = parse_kv(r.bytes()?)?;
-                        match entries.iter_mut().find(|(k, _)| *k == key) {
-                            Some(slot) => slot.1 = raw,
-                            None => entries.push((key, raw)),
-                        }
+                        entries.insert(key, raw);
                     } else {
                         r.skip(wt)?;
                     }
                 }
             }
             out.push('{');
-            for (i, (key, raw)) in entries.iter().enumerate() {
+            for (i, (key, raw)) in entries.entries.iter().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }

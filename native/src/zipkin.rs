@@ -2,10 +2,12 @@
 //! `pipelines.spans.zipkin.to_zipkin_json` writes for the same spans (the Python tests
 //! compare both). Mapping: see that module's docstring.
 
+use crate::dict::Dict;
 use crate::otlp::{parse_event, parse_span, resource_texts, texts, Entries, Index, ScopeInfo};
 use crate::text::json_string;
 use crate::wire::Result;
 use std::borrow::Cow;
+use std::collections::HashSet;
 
 const PEER: &str = "peer.service";
 /// Tags the encoder sets itself: a span or resource attribute of that name needs merging.
@@ -23,6 +25,7 @@ struct Res<'a> {
     /// Its tags (every attribute but `service.name`) as `"k":"v",...`.
     frag: String,
     entries: Entries<'a>,
+    keys: HashSet<&'a str>,
     reserved: bool,
 }
 
@@ -81,10 +84,12 @@ fn resource<'a>(raws: &[&'a [u8]]) -> Result<Res<'a>> {
         json_string(v, &mut frag);
     }
     let reserved = entries.iter().any(|(k, _)| RESERVED.contains(k));
+    let keys = entries.iter().map(|(k, _)| *k).collect();
     Ok(Res {
         endpoint,
         frag,
         entries,
+        keys,
         reserved,
     })
 }
@@ -150,7 +155,7 @@ fn write_span(out: &mut String, raw: &[u8], res: &Res<'_>, scope: &ScopeInfo<'_>
     let merge = res.reserved
         || span_tags
             .iter()
-            .any(|(k, _)| RESERVED.contains(k) || res.entries.iter().any(|(r, _)| r == k));
+            .any(|(k, _)| RESERVED.contains(k) || res.keys.contains(k));
     if !merge {
         write_annotations(out, &f.events)?;
         let mut first = res.frag.is_empty();
@@ -176,18 +181,13 @@ fn write_span(out: &mut String, raw: &[u8], res: &Res<'_>, scope: &ScopeInfo<'_>
         return Ok(());
     }
     // A Python dict's update: a key already there keeps its place and takes the new value.
-    let mut tags: Vec<(&str, Cow<'_, str>)> = res.entries.clone();
+    let mut tags: Dict<'_, Cow<'_, str>> = Dict::from_unique(res.entries.clone());
     let statuses = status.into_iter().map(|(k, v)| (k, Cow::Borrowed(v)));
     for (k, v) in span_tags.into_iter().chain(statuses) {
-        match tags.iter_mut().find(|(t, _)| *t == k) {
-            Some(slot) => slot.1 = v,
-            None => tags.push((k, v)),
-        }
+        tags.insert(k, v);
     }
-    let mut peer = None;
-    if let Some(at) = tags.iter().position(|(k, _)| *k == PEER) {
-        peer = Some(tags.remove(at).1);
-    }
+    let peer = tags.remove(PEER);
+    let tags = tags.entries;
     if let Some(peer) = peer.filter(|p| !p.is_empty()) {
         out.push_str(",\"remoteEndpoint\":{\"serviceName\":");
         json_string(&peer, out);

@@ -4,7 +4,9 @@
 gives every given span exactly once, byte-for-byte equal to its input ``Span`` message,
 under a ``ResourceSpans``/``ScopeSpans`` equal to the one it came from. Spans whose
 resources (or scopes) are equal share one ``ResourceSpans`` (``ScopeSpans``), even when
-they came from different messages; groups and spans keep first-seen order.
+they came from different messages; groups and spans keep first-seen order. (The native
+encoder used for OTLP protobuf input copies each span's bytes as they came and merges
+resources and scopes encoded alike: the same for canonical encodings.)
 
 The request is assembled at the wire level (each span serialized once, then framed),
 which is several times faster than copying span messages into a new request.

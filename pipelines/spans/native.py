@@ -10,8 +10,11 @@ cannot answer — the extension is not installed, the schema promotes an attribu
 it does not build, or a message does not walk (logged) — and the caller uses ``to_arrow``.
 
 ``native_zipkin(spans)`` is ``zipkin.to_zipkin_json`` the same way (byte for byte equal),
-and ``native_otlp(spans)`` ``encode.to_otlp_proto`` (the same request), for spans decoded
-from OTLP protobuf (their ``ResourceView.wire``).
+and ``native_otlp(spans)`` ``encode.to_otlp_proto``, for spans decoded from OTLP protobuf
+(their ``ResourceView.wire``). The OTLP request holds every span once, its bytes as they came,
+under its own resource and scope; spans of equal resources (scopes) share one group when
+those are encoded alike — always for canonical encodings, as SDKs and the Collector write
+them (Python compares re-serialized messages and may merge more).
 """
 
 from __future__ import annotations
@@ -43,14 +46,29 @@ _PROMOTABLE = {
     pa.int64(): "int64",
 }
 _warned: set[str] = set()
+REFUSED: dict[str, int] = {}
+"""How many calls fell back to Python, per product (rows, Zipkin JSON, OTLP protobuf)."""
+# What makes a call fall back to Python: the walker's ValueError for a message it cannot
+# walk, an Arrow error assembling its buffers, and (never expected) a panic in the extension,
+# which pyo3 raises as a BaseException. Nothing a caller could act on escapes.
+_REFUSALS: tuple[type[BaseException], ...] = (
+    ValueError,
+    TypeError,
+    OverflowError,
+    pa.ArrowException,
+)
+if _native is not None:
+    _REFUSALS += (cast(type[BaseException], _native.PanicException),)
 
 
 def native_rows(
     messages: Sequence[tuple[bytes, Sequence[int]]],
     schema: pa.Schema,
     promoted: Mapping[str, str] = PROMOTED,
+    max_column_bytes: int | None = None,
 ) -> pa.Table | None:
-    """See the module docstring."""
+    """See the module docstring. A string column may not pass 2 GiB (Arrow's offsets), or
+    ``max_column_bytes`` when given: then the rows are refused (``None``)."""
     if _native is None:
         return None
     hot: list[tuple[str, str, pa.DataType]] = []
@@ -65,10 +83,17 @@ def native_rows(
         cols = _native.spans_columns(
             [(value, list(spans)) for value, spans in messages],
             [(key, _PROMOTABLE[type_]) for _, key, type_ in hot],
+            max_column_bytes,
         )
-    except ValueError as e:
+        return _assemble(cols, schema, hot)
+    except _REFUSALS as e:
         _refused("spans rows", e)
         return None
+
+
+def _assemble(
+    cols: dict[str, Any], schema: pa.Schema, hot: list[tuple[str, str, pa.DataType]]
+) -> pa.Table:
     n: int = cols["rows"]
     arrays: dict[str, Arr] = {}
     for name, (_, type_) in _CORE.items():
@@ -124,15 +149,18 @@ def _encode(function: str, what: str, spans: Sequence[SpanView]) -> bytes | None
         refs.append((m, span.index))
     try:
         return cast(bytes, getattr(_native, function)(messages, refs))
-    except ValueError as e:
+    except _REFUSALS as e:
         _refused(what, e)
         return None
 
 
-def _refused(what: str, e: ValueError) -> None:
-    if str(e) not in _warned:
-        _warned.add(str(e))
-        log.warning("%s built in Python: the native walker refused a message: %s", what, e)
+def _refused(what: str, e: BaseException) -> None:
+    """Logged once per kind of refusal (the first 100 kinds; counted always)."""
+    REFUSED[what] = REFUSED.get(what, 0) + 1
+    key = f"{what}: {type(e).__name__}"
+    if key not in _warned and len(_warned) < 100:
+        _warned.add(key)
+        log.warning("%s built in Python: the native walker refused a message: %r", what, e)
 
 
 def _buf(raw: Any) -> pa.Buffer | None:

@@ -5,7 +5,8 @@ equals ``schema`` (the contract's ``arrow_schema``, or any subset of its columns
 order); ids are raw bytes (16/8), a root's ``parent_span_id`` and empty strings
 (``trace_state``, ``status_message``, ``service_name``, scope) are null; times are µs
 (truncated) and ``duration_ns`` exact; attribute maps hold every attribute as a string
-(``model.to_text``) in input order, a repeated key keeping its last value.
+(``model.to_text``) in input order, a repeated key keeping its last value; dropped counts
+over 2**31 - 1 read as 2**31 - 1.
 
 Promoted columns are filled from the span attribute named in ``promoted`` (column →
 attribute key, default ``PROMOTED``), converted to the column's type: a string column takes
@@ -47,6 +48,7 @@ PROMOTED: Mapping[str, str] = {
 Arr: TypeAlias = "pa.Array[Any]"
 _MAP = pa.map_(pa.string(), pa.string())
 _INT_RE = re.compile(r"[+-]?[0-9]{1,19}")
+_I32_MAX = 2**31 - 1  # dropped counts are uint32 in OTLP, int32 here: larger ones saturate
 
 
 class _Maps:
@@ -126,14 +128,14 @@ def to_arrow(
         status = p.status
         code.append(status.code)
         message.append(status.message or None)
-        d_attrs.append(p.dropped_attributes_count)
-        d_events.append(p.dropped_events_count)
-        d_links.append(p.dropped_links_count)
+        d_attrs.append(min(p.dropped_attributes_count, _I32_MAX))
+        d_events.append(min(p.dropped_events_count, _I32_MAX))
+        d_links.append(min(p.dropped_links_count, _I32_MAX))
         if p.events:
             for e in p.events:
                 ev["time"].append(e.time_unix_nano // 1000)
                 ev["name"].append(e.name)
-                ev["dropped"].append(e.dropped_attributes_count)
+                ev["dropped"].append(min(e.dropped_attributes_count, _I32_MAX))
                 event_attrs.add(attributes_text(e.attributes))
         ev["offsets"].append(len(ev["time"]))
         if p.links:
@@ -141,7 +143,7 @@ def to_arrow(
                 lk["tid"].append(link.trace_id)
                 lk["sid"].append(link.span_id)
                 lk["state"].append(link.trace_state or None)
-                lk["dropped"].append(link.dropped_attributes_count)
+                lk["dropped"].append(min(link.dropped_attributes_count, _I32_MAX))
                 link_attrs.add(attributes_text(link.attributes))
         lk["offsets"].append(len(lk["tid"]))
     arrays = {col: pa.array(cols[src], type_) for col, (src, type_) in _CORE.items() if src}
