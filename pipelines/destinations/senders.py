@@ -90,16 +90,19 @@ class OtlpHttpSender:
         groups: dict[int, list[SpanView]] = {}
         for span in spans:
             groups.setdefault(self.shard(span.trace_id), []).append(span)
+        # Encoded off the event loop, as the Zipkin sender does (the native encoder releases
+        # the GIL, so this runs beside the router).
+        bodies = await asyncio.to_thread(lambda: {i: to_otlp_proto(g) for i, g in groups.items()})
         await asyncio.gather(
             *(
                 _post(
                     session,
                     self.urls[i],
-                    to_otlp_proto(group),
+                    bodies[i],
                     self.headers,
                     self.timeout,
                 )
-                for i, group in groups.items()
+                for i in bodies
             )
         )
 
