@@ -13,8 +13,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
+import pyarrow as pa
+
 from pipelines.batching.buffer import SourceRecord
-from pipelines.decoders.base import DecodedBatch, Rejected
+from pipelines.decoders.base import OVERSIZED, DecodedBatch, Rejected
 from pipelines.kafka_records import record_time_ns
 from pipelines.spans import SpanLimits, SpanView, get_decoder
 from pipelines.spans.native import native_rows
@@ -72,7 +74,20 @@ class SpansDecoder:
             spans.extend(kept)
             indices.extend([i] * len(kept))
             wanted.append((value, [s.index for s in kept]))
-        rows = native_rows(wanted, self.schema) if self.otlp_proto and spans else None
-        if rows is None:
-            rows = to_arrow(spans, self.schema)
+        try:
+            rows = native_rows(wanted, self.schema) if self.otlp_proto and spans else None
+            if rows is None:
+                rows = to_arrow(spans, self.schema)
+        except (pa.ArrowException, OverflowError) as err:
+            # Past Arrow's 2 GiB per column together: one message at a time; a message that
+            # does not fit alone is rejected (oversized) instead of failing every replay.
+            if len(messages) == 1:
+                detail = f"its {len(spans)} spans do not fit the table's columns: {err}"
+                return DecodedBatch(self.schema.empty_table(), [], [Rejected(0, OVERSIZED, detail)])
+            parts = [self._decode([m]) for m in messages]
+            return DecodedBatch(
+                pa.concat_tables([p.table for p in parts]),
+                [i for i, p in enumerate(parts) for _ in p.indices],
+                [Rejected(i, r.reason, r.detail) for i, p in enumerate(parts) for r in p.rejected],
+            )
         return DecodedBatch(rows, indices, rejected)

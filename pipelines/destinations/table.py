@@ -28,7 +28,7 @@ import pyarrow as pa
 from pipelines.batching.buffer import MemoryBudget, RotationPolicy, SourceRecord
 from pipelines.batching.partitions import CutSink, PartitionSet, Pauser, Rewind, StartOf
 from pipelines.deadletter import DeadLetterWriter
-from pipelines.decoders.base import DecodedBatch
+from pipelines.decoders.base import OVERSIZED, DecodedBatch, Rejected
 from pipelines.spans import SpanView
 from pipelines.spans.native import native_rows
 from pipelines.spans.table import to_arrow
@@ -55,12 +55,16 @@ class RoutedRecord:
     count: int
     nbytes: int
     """The value's bytes plus this record's share of ``rows`` (for the memory budget)."""
+    rejected: str = ""
+    """Why this record's spans could not become rows (then ``count`` is 0): the table
+    writer dead-letters it with that detail, reason ``oversized``."""
 
 
 class RoutedRowsDecoder:
     """The ``RecordsDecoder`` of a table destination: gathers the rows of ``RoutedRecord``s.
 
-    Bad messages are not reported here: the router dead-letters them itself."""
+    Bad messages are not reported here (the router dead-letters them itself), except one
+    whose spans could not become rows (``RoutedRecord.rejected``)."""
 
     def __init__(self, schema: pa.Schema) -> None:
         self.schema = schema
@@ -73,11 +77,14 @@ class RoutedRowsDecoder:
     def decode_records(self, records: Sequence[SourceRecord]) -> DecodedBatch:
         pieces: list[pa.Table] = []
         indices: list[int] = []
+        rejected: list[Rejected] = []
         run: pa.Table | None = None
         lo = hi = 0
         for i, rec in enumerate(records):
             if not isinstance(rec, RoutedRecord):
                 raise TypeError(f"not a RoutedRecord: {type(rec).__name__}")
+            if rec.rejected:
+                rejected.append(Rejected(i, OVERSIZED, rec.rejected))
             if not rec.count:
                 continue
             indices.extend([i] * rec.count)
@@ -90,8 +97,30 @@ class RoutedRowsDecoder:
         if run is not None:
             pieces.append(run.slice(lo, hi - lo))
         if not pieces:
-            return DecodedBatch(self.schema.empty_table(), [])
-        return DecodedBatch(pa.concat_tables(pieces), indices)
+            return DecodedBatch(self.schema.empty_table(), [], rejected)
+        return DecodedBatch(pa.concat_tables(pieces), indices, rejected)
+
+
+def _rows(
+    records: Sequence[Any],
+    shares: Sequence[Sequence[SpanView]],
+    schema: pa.Schema,
+    otlp_proto: bool,
+) -> pa.Table:
+    spans = [span for share in shares for span in share]
+    if not spans:
+        return schema.empty_table()
+    if otlp_proto:
+        rows = native_rows(
+            [
+                (rec.value or b"", [s.index for s in share])
+                for rec, share in zip(records, shares, strict=True)
+            ],
+            schema,
+        )
+        if rows is not None:
+            return rows
+    return to_arrow(spans, schema)
 
 
 def routed_records(
@@ -102,21 +131,27 @@ def routed_records(
 ) -> list[SourceRecord]:
     """``records`` as ``RoutedRecord``s: the spans of every share become rows of ``schema``
     in one call, and each record keeps its slice. ``otlp_proto``: the values are OTLP
-    protobuf messages, so the rows are built natively from their bytes (``native_rows``)."""
-    spans = [span for share in shares for span in share]
-    rows: pa.Table | None = None
-    if not spans:
-        rows = schema.empty_table()
-    elif otlp_proto:
-        rows = native_rows(
-            [
-                (rec.value or b"", [s.index for s in share])
+    protobuf messages, so the rows are built natively from their bytes (``native_rows``).
+
+    Rows that do not fit Arrow's limits together (a string column past 2 GiB: long strings
+    repeated on many rows) are built one message at a time; a message whose own rows do not
+    fit gets none, and is dead-lettered by the table writer (``RoutedRecord.rejected``)
+    rather than failing its batch again on every replay."""
+    try:
+        rows = _rows(records, shares, schema, otlp_proto)
+    except (pa.ArrowException, OverflowError) as err:
+        if len(records) > 1:
+            return [
+                routed
                 for rec, share in zip(records, shares, strict=True)
-            ],
-            schema,
-        )
-    if rows is None:
-        rows = to_arrow(spans, schema)
+                for routed in routed_records([rec], [share], schema, otlp_proto)
+            ]
+        rec = records[0]
+        detail = f"its {len(shares[0])} spans do not fit the table's columns: {err}"
+        empty = schema.empty_table()
+        value = rec.value
+        key = getattr(rec, "key", None)
+        return [RoutedRecord(rec.offset, key, value, empty, 0, 0, len(value or b""), detail)]
     per_row = rows.nbytes / max(1, rows.num_rows)
     routed: list[SourceRecord] = []
     first = 0

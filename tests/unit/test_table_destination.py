@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -198,3 +199,61 @@ async def test_commits_land_only_where_a_cut_of_the_table_begins(
     assert table.commit_point(tp, 306) == 306
     assert table.commit_point(TP("sluice.retry.x.lake", 0), 41) == 41  # not a span topic
     table.drop([tp])
+
+
+def test_a_message_whose_rows_overflow_a_column_is_dead_lettered_not_retried(
+    spec: TableSpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows past Arrow's 2 GiB per column (faked here) fail the batch's one call: the rows
+    are then built message by message, and the message that cannot fit alone is
+    dead-lettered (oversized) while the others' rows are written as usual."""
+    import pipelines.destinations.table as router_side
+
+    recs = records()
+    shares = route(recs)
+    poison = {id(s) for s in shares[2]}
+    assert poison
+    real = router_side.to_arrow
+
+    def capped(spans: Any, schema: Any) -> Any:
+        if any(id(s) in poison for s in spans):
+            raise pa.ArrowCapacityError("array cannot contain more than 2147483646 bytes")
+        return real(spans, schema)
+
+    monkeypatch.setattr(router_side, "native_rows", lambda *args, **kw: None)
+    monkeypatch.setattr(router_side, "to_arrow", capped)
+    routed = routed_records(recs, shares, spec.arrow_schema, True)
+    assert [r.count for r in routed] == [0 if i == 2 else len(s) for i, s in enumerate(shares)]
+    assert "2147483646" in routed[2].rejected and not any(r.rejected for r in routed[3:])
+    writer = TableWriter(
+        spec, RoutedRowsDecoder(spec.arrow_schema), None, "", None, 1 << 20, screens_records=False
+    )  # type: ignore[arg-type]  # encode only
+    cut = writer.encode(Cut("spans.in", 2, recs[0].offset, routed, "age", 0, 0.0), CUT_TIME)
+    assert [(d.offset, d.reason) for d in cut.letters] == [(recs[2].offset, "oversized")]
+    rows = sum(o.rows for o in cut.objects)
+    assert rows == sum(len(s) for i, s in enumerate(shares) if i != 2) > 0
+
+
+def test_the_warehouse_spans_decoder_rejects_a_message_whose_rows_overflow(
+    spec: TableSpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same in `sluice warehouse` with the spans table: the batch is decoded message by
+    message, and the one that does not fit alone is rejected as oversized."""
+    import pipelines.decoders.spans as warehouse_side
+
+    recs = records()
+    real = warehouse_side.to_arrow
+
+    def capped(spans: Any, schema: Any) -> Any:
+        if any(s.span_id[0] == 3 for s in spans):  # the spans of recs[2]
+            raise pa.ArrowCapacityError("array cannot contain more than 2147483646 bytes")
+        return real(spans, schema)
+
+    monkeypatch.setattr(warehouse_side, "native_rows", lambda *args, **kw: None)
+    monkeypatch.setattr(warehouse_side, "to_arrow", capped)
+    decoder = SpansDecoder(spec, "otlp_proto")
+    values = [r.value or b"" for r in recs]
+    whole = decoder.decode(values)
+    assert [(r.index, r.reason) for r in whole.rejected] == [(2, "oversized"), (3, "unparseable")]
+    assert 2 not in whole.indices and whole.table.num_rows == len(whole.indices) > 0
+    assert sorted(set(whole.indices)) == [0, 1, 4, 6, 7, 8]
