@@ -33,7 +33,7 @@ from pipelines.routing.conditions import AttrValue
 from pipelines.routing.tracker import OffsetTracker
 from pipelines.settings import Settings
 from pipelines.spans import DecodedSpans, SpanLimits, SpanView, get_decoder, otlp_chunks
-from pipelines.spans.decode import message_error
+from pipelines.spans.decode import SpanDecoder, message_error
 from pipelines.traces_config import TracesConfig, load_traces
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,13 @@ class RouteView:
     @property
     def attributes(self) -> Mapping[str, AttrValue]:
         return cast(Mapping[str, AttrValue], _LazyAttributes(self._span))
+
+
+def _decode(decoder: SpanDecoder, rec: Any, now_ns: int) -> DecodedSpans:
+    """A record's spans; a null value (a tombstone) is a bad message, never dropped silently."""
+    if rec.value is None:
+        return message_error(UNPARSEABLE, "null value (tombstone)")
+    return decoder.decode(rec.value, now_ns)
 
 
 def _letter(tp: Any, rec: Any, decoded: DecodedSpans) -> DeadLetter | None:
@@ -193,10 +200,7 @@ class TraceRouter:
         selected: dict[str, list[tuple[int, int]]],
         routed: dict[str, list[Sequence[SpanView]]],
     ) -> None:
-        if rec.value is None:  # a tombstone: no spans, but never dropped silently
-            decoded = message_error(UNPARSEABLE, "null value (tombstone)")
-        else:
-            decoded = self.decoders[tp.topic].decode(rec.value, now_ns)
+        decoded = _decode(self.decoders[tp.topic], rec, now_ns)
         letter = _letter(tp, rec, decoded)
         shares: dict[str, list[SpanView]] = {}
         routing = self.cfg.routing
@@ -222,7 +226,7 @@ class TraceRouter:
             self._spawn(self._dead_letter(tp, letter, gen))
 
     def _redeliver(self, tp: Any, rec: Any, dest: str, now_ns: int) -> None:
-        decoded = self.retry_decoder.decode(rec.value or b"", now_ns)
+        decoded = _decode(self.retry_decoder, rec, now_ns)
         spans = decoded.batch.spans
         letter = _letter(tp, rec, decoded)  # a retry record is input too: never dropped
         gen = self.tracker.open(tp, rec.offset, (1 if spans else 0) + (letter is not None))
@@ -470,6 +474,13 @@ def _table_factories(
 
 
 def build_app(settings: Settings, cfg: TracesConfig) -> tuple[BatchApp, TraceRouter]:
+    from pipelines.spans import native
+
+    if not native.AVAILABLE:
+        log.warning(
+            "native span encoders off (sluice_native not installed, or SLUICE_NATIVE=0): "
+            "every span is encoded in Python, several times slower; `make install` builds them"
+        )
     datadir = os.environ.get("SLUICE_DATADIR") or str(
         Path(tempfile.gettempdir()) / f"sluice-{cfg.group_id}-{os.getpid()}"
     )

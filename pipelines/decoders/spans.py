@@ -19,7 +19,7 @@ from pipelines.batching.buffer import SourceRecord
 from pipelines.decoders.base import OVERSIZED, DecodedBatch, Rejected
 from pipelines.kafka_records import record_time_ns
 from pipelines.spans import SpanLimits, SpanView, get_decoder
-from pipelines.spans.native import native_rows
+from pipelines.spans.native import ROWS_TOO_LARGE, native_rows
 from pipelines.spans.table import to_arrow
 from pipelines.tables import TableSpec
 
@@ -78,7 +78,7 @@ class SpansDecoder:
             rows = native_rows(wanted, self.schema) if self.otlp_proto and spans else None
             if rows is None:
                 rows = to_arrow(spans, self.schema)
-        except (pa.ArrowException, OverflowError) as err:
+        except ROWS_TOO_LARGE as err:
             # Past Arrow's 2 GiB per column together: one message at a time; a message that
             # does not fit alone is rejected (oversized) instead of failing every replay.
             if len(messages) == 1:

@@ -30,7 +30,7 @@ from pipelines.batching.partitions import CutSink, PartitionSet, Pauser, Rewind,
 from pipelines.deadletter import DeadLetterWriter
 from pipelines.decoders.base import OVERSIZED, DecodedBatch, Rejected
 from pipelines.spans import SpanView
-from pipelines.spans.native import native_rows
+from pipelines.spans.native import ROWS_TOO_LARGE, native_rows
 from pipelines.spans.table import to_arrow
 from pipelines.tables import TableSpec
 from pipelines.writers.store import ObjectStore
@@ -139,7 +139,7 @@ def routed_records(
     rather than failing its batch again on every replay."""
     try:
         rows = _rows(records, shares, schema, otlp_proto)
-    except (pa.ArrowException, OverflowError) as err:
+    except ROWS_TOO_LARGE as err:
         if len(records) > 1:
             return [
                 routed

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
@@ -31,13 +32,16 @@ from pipelines.spans.table import _CORE, PROMOTED, Arr
 
 log = logging.getLogger(__name__)
 
-try:
-    _native: Any = importlib.import_module("sluice_native")
-except ImportError:  # pragma: no cover - make install builds it
-    _native = None
+_native: Any = None
+if os.environ.get("SLUICE_NATIVE", "1") != "0":  # SLUICE_NATIVE=0: the Python encoders only
+    try:
+        _native = importlib.import_module("sluice_native")
+    except ImportError:  # pragma: no cover - make install builds it
+        _native = None
 
 AVAILABLE = _native is not None
-"""Whether the extension is installed (``make install`` builds it)."""
+"""Whether the extension is installed (``make install`` builds it) and not switched off
+(``SLUICE_NATIVE=0`` in the environment keeps every encoder in Python)."""
 _PROMOTABLE = {
     pa.string(): "string",
     pa.int8(): "int8",
@@ -61,6 +65,21 @@ if _native is not None:
     _REFUSALS += (cast(type[BaseException], _native.PanicException),)
 
 
+class RowsTooLargeError(ValueError):
+    """The rows asked for pass Arrow's 2 GiB in a string column (``native_rows`` raises it
+    rather than answer None: the Python path would fail the same way, after as much work)."""
+
+
+ROWS_TOO_LARGE: tuple[type[BaseException], ...] = (
+    RowsTooLargeError,
+    pa.ArrowInvalid,  # e.g. "offset overflow while concatenating arrays"
+    pa.ArrowCapacityError,
+    OverflowError,
+)
+"""What building spans-table rows raises when they cannot fit Arrow's columns: the same for
+the same messages on every attempt (unlike running out of memory)."""
+
+
 def native_rows(
     messages: Sequence[tuple[bytes, Sequence[int]]],
     schema: pa.Schema,
@@ -68,7 +87,7 @@ def native_rows(
     max_column_bytes: int | None = None,
 ) -> pa.Table | None:
     """See the module docstring. A string column may not pass 2 GiB (Arrow's offsets), or
-    ``max_column_bytes`` when given: then the rows are refused (``None``)."""
+    ``max_column_bytes`` when given: then ``RowsTooLargeError`` is raised."""
     if _native is None:
         return None
     hot: list[tuple[str, str, pa.DataType]] = []
@@ -86,6 +105,11 @@ def native_rows(
             max_column_bytes,
         )
         return _assemble(cols, schema, hot)
+    except ValueError as e:
+        if str(e).startswith("a column over"):
+            raise RowsTooLargeError(str(e)) from e
+        _refused("spans rows", e)
+        return None
     except _REFUSALS as e:
         _refused("spans rows", e)
         return None

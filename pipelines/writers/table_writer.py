@@ -191,8 +191,7 @@ class TableWriter:
         table = table.append_column(pa.field("_offset", pa.int64(), nullable=False), offsets)
         objects = []
         for path, rows in sorted(partition_groups(spec, table).items()):
-            # One group holds every row in order (the common case): no copy.
-            part = table if len(rows) == table.num_rows else table.take(pa.array(rows, pa.int64()))
+            part = table if len(rows) == table.num_rows else _rows_of(table, rows)
             key = object_key(self.prefix, spec.name, path, cut.topic, cut.partition, cut.start)
             objects.append(EncodedObject(key, encode_parquet(part), part.num_rows))
         letters.sort(key=lambda d: d.offset)
@@ -268,3 +267,12 @@ def _chunks(values: list[bytes], limit: int) -> list[tuple[int, int]]:
     if lo < len(values):
         spans.append((lo, len(values)))
     return spans
+
+
+def _rows_of(table: pa.Table, rows: list[int]) -> pa.Table:
+    """``table``'s rows at ascending positions ``rows``, in order. A filter works chunk by
+    chunk, where ``take`` would join the chunks first (and fail past 2 GiB of strings)."""
+    mask = [False] * table.num_rows
+    for row in rows:
+        mask[row] = True
+    return table.filter(pa.array(mask, pa.bool_()))

@@ -175,3 +175,15 @@ async def test_a_failing_diversion_is_retried_until_kafka_takes_it(kafka_down_fo
     q.put(Entry(TP, 0, 1, [object()]))
     await run_queue(q, lambda: len(done) == 1)
     assert len(calls) == kafka_down_for + 1
+
+
+def test_a_tombstone_is_a_bad_message_on_span_and_retry_topics_alike() -> None:
+    """A null value is dead-lettered (unparseable), never read as an empty request."""
+    from types import SimpleNamespace
+
+    from pipelines.spans import get_decoder
+    from pipelines.traces import _decode
+
+    decoded = _decode(get_decoder(), SimpleNamespace(value=None), 0)
+    assert (decoded.message_error, decoded.detail) == ("unparseable", "null value (tombstone)")
+    assert _decode(get_decoder(), SimpleNamespace(value=b""), 0).message_error is None

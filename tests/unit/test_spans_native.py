@@ -23,7 +23,13 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pipelines.spans import SpanView, get_decoder
 from pipelines.spans.encode import python_otlp_proto
 from pipelines.spans.model import _float_text
-from pipelines.spans.native import AVAILABLE, native_otlp, native_rows, native_zipkin
+from pipelines.spans.native import (
+    AVAILABLE,
+    RowsTooLargeError,
+    native_otlp,
+    native_rows,
+    native_zipkin,
+)
 from pipelines.spans.table import PROMOTED, to_arrow
 from pipelines.spans.zipkin import python_zipkin_json, to_zipkin_json
 from pipelines.tables import TableSpec, load_table
@@ -337,8 +343,8 @@ def test_review_cases_agree_with_python(spec: TableSpec) -> None:
 
 def test_a_column_over_its_limit_falls_back_instead_of_wrapping(spec: TableSpec) -> None:
     """A scope name repeats on every row: a 2 MB message could ask for a column over Arrow's
-    2 GiB (i32 offsets). The native path refuses such rows (None) rather than hand out
-    wrapped offsets; shown with a lower limit, the same check."""
+    2 GiB (i32 offsets). The native path stops (RowsTooLargeError) rather than hand out wrapped
+    offsets; shown with a lower limit, the same check."""
     req = ExportTraceServiceRequest()
     ss = req.resource_spans.add().scope_spans.add()
     ss.scope.name = "s" * 1_000
@@ -348,7 +354,8 @@ def test_a_column_over_its_limit_falls_back_instead_of_wrapping(spec: TableSpec)
         )
     value, spans = req.SerializeToString(), list(range(2_000))
     schema = pa.schema([spec.arrow_schema.field("scope_name")])
-    assert native_rows([(value, spans)], schema, max_column_bytes=1_000_000) is None
+    with pytest.raises(RowsTooLargeError, match="a column over 1000000 bytes"):
+        native_rows([(value, spans)], schema, max_column_bytes=1_000_000)
     rows = native_rows([(value, spans)], schema, max_column_bytes=2_000_000)
     assert rows is not None and rows.num_rows == 2_000
     assert rows["scope_name"].combine_chunks().validate(full=True) is None
