@@ -20,8 +20,8 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, cast
 
 import pyarrow as pa
 
@@ -128,15 +128,40 @@ def routed_records(
     shares: Sequence[Sequence[SpanView]],
     schema: pa.Schema,
     otlp_proto: bool = False,
+    max_record_bytes: int | None = None,
 ) -> list[SourceRecord]:
     """``records`` as ``RoutedRecord``s: the spans of every share become rows of ``schema``
     in one call, and each record keeps its slice. ``otlp_proto``: the values are OTLP
     protobuf messages, so the rows are built natively from their bytes (``native_rows``).
+    A message with spans for the table but longer than ``max_record_bytes`` (the table's
+    ``limits.max_record_bytes``) gets no rows and is dead-lettered (``oversized``) by the
+    table writer, as ``sluice warehouse`` does with it; the router's own limit may be higher.
 
     Rows that do not fit Arrow's limits together (a string column past 2 GiB: long strings
     repeated on many rows) are built one message at a time; a message whose own rows do not
     fit gets none, and is dead-lettered by the table writer (``RoutedRecord.rejected``)
     rather than failing its batch again on every replay."""
+    over = {
+        i: len(rec.value)
+        for i, (rec, share) in enumerate(zip(records, shares, strict=True))
+        if share and max_record_bytes is not None and len(rec.value or b"") > max_record_bytes
+    }
+    if not over:
+        return _routed(records, shares, schema, otlp_proto)
+    shares = [() if i in over else share for i, share in enumerate(shares)]
+    routed = _routed(records, shares, schema, otlp_proto)
+    for i, size in over.items():
+        detail = f"{size} bytes > {max_record_bytes} (the table's limits.max_record_bytes)"
+        routed[i] = replace(cast(RoutedRecord, routed[i]), rejected=detail)
+    return routed
+
+
+def _routed(
+    records: Sequence[Any],
+    shares: Sequence[Sequence[SpanView]],
+    schema: pa.Schema,
+    otlp_proto: bool,
+) -> list[SourceRecord]:
     try:
         rows = _rows(records, shares, schema, otlp_proto)
     except ROWS_TOO_LARGE as err:
@@ -144,7 +169,7 @@ def routed_records(
             return [
                 routed
                 for rec, share in zip(records, shares, strict=True)
-                for routed in routed_records([rec], [share], schema, otlp_proto)
+                for routed in _routed([rec], [share], schema, otlp_proto)
             ]
         rec = records[0]
         detail = f"its {len(shares[0])} spans do not fit the table's columns: {err}"
@@ -187,6 +212,7 @@ class TableDestination:
         otlp_proto_topics: frozenset[str] = frozenset(),
     ) -> None:
         self.name = name
+        self.max_record_bytes = spec.max_record_bytes
         self.otlp_proto_topics = otlp_proto_topics
         """Topics of OTLP protobuf messages: their rows are built natively from the bytes."""
         self.schema = spec.arrow_schema
@@ -244,7 +270,8 @@ class TableDestination:
         if records and tp not in self.boundaries:
             self.boundaries[tp] = deque([records[0].offset])
         native = tp.topic in self.otlp_proto_topics
-        self.partitions.add(tp, routed_records(records, shares, self.schema, native))
+        routed = routed_records(records, shares, self.schema, native, self.max_record_bytes)
+        self.partitions.add(tp, routed)
 
     async def _committed(self, tp: Any, next_offset: int) -> bool:
         marks = self.boundaries.get(tp)

@@ -257,3 +257,30 @@ def test_the_warehouse_spans_decoder_rejects_a_message_whose_rows_overflow(
     assert [(r.index, r.reason) for r in whole.rejected] == [(2, "oversized"), (3, "unparseable")]
     assert 2 not in whole.indices and whole.table.num_rows == len(whole.indices) > 0
     assert sorted(set(whole.indices)) == [0, 1, 4, 6, 7, 8]
+
+
+def test_a_message_over_the_tables_record_limit_is_dead_lettered_by_the_table(
+    spec: TableSpec,
+) -> None:
+    """The router's message limit may be higher than the spans contract's: a message within
+    the router's but over the table's gets no rows and an oversized letter, as in
+    `sluice warehouse`; messages with no spans for the table are not the table's business."""
+    recs = records()
+    shares = route(recs)
+    limit = min(len(r.value or b"") for r, s in zip(recs, shares, strict=True) if s) + 1
+    routed = routed_records(recs, shares, spec.arrow_schema, True, max_record_bytes=limit)
+    over = [
+        i for i, (r, s) in enumerate(zip(recs, shares, strict=True)) if s and len(r.value) > limit
+    ]
+    assert over and len(over) < sum(1 for s in shares if s)
+    assert [i for i, r in enumerate(routed) if r.rejected] == over  # type: ignore[attr-defined]
+    writer = TableWriter(
+        spec, RoutedRowsDecoder(spec.arrow_schema), None, "", None, 1 << 20, screens_records=False
+    )  # type: ignore[arg-type]  # encode only
+    cut = writer.encode(Cut("spans.in", 2, recs[0].offset, routed, "age", 0, 0.0), CUT_TIME)
+    assert [(d.offset, d.reason) for d in cut.letters] == [
+        (recs[i].offset, "oversized") for i in over
+    ]
+    assert sum(o.rows for o in cut.objects) == sum(
+        len(s) for i, s in enumerate(shares) if i not in over
+    )
