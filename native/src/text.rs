@@ -60,30 +60,26 @@ pub fn parse_any(buf: &[u8]) -> Result<Any<'_>> {
     Ok(out)
 }
 
-/// A `KeyValue`: its key and its value's raw `AnyValue` (empty when absent).
+/// A `KeyValue`: its key and its value's raw `AnyValue` (empty when absent). A value given
+/// twice, both non-empty, is refused: protobuf merges the two, which is not built here.
 pub fn parse_kv(buf: &[u8]) -> Result<(&str, &[u8])> {
     let mut r = Reader::new(buf);
     let mut key = "";
     let mut value: &[u8] = &[];
-    let mut merged: Option<Vec<u8>> = None;
     while let Some((field, wt)) = r.field()? {
         match (field, wt) {
             (1, LEN) => key = utf8(r.bytes()?)?,
             (2, LEN) => {
                 let raw = r.bytes()?;
-                // A repeated message field merges: concatenating the encodings does that.
-                if value.is_empty() && merged.is_none() {
+                if !raw.is_empty() {
+                    if !value.is_empty() {
+                        return Err("a KeyValue with its value repeated".into());
+                    }
                     value = raw;
-                } else {
-                    let m = merged.get_or_insert_with(|| value.to_vec());
-                    m.extend_from_slice(raw);
                 }
             }
             _ => r.skip(wt)?,
         }
-    }
-    if merged.is_some() {
-        return Err("a KeyValue with its value repeated".into());
     }
     Ok((key, value))
 }

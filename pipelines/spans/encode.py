@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 
 from pipelines.spans.model import ResourceView, ScopeView, SpanView
+from pipelines.spans.native import native_otlp
 
 # Field tags (field number << 3 | 2, length-delimited) of the OTLP trace messages.
 _REQ_RESOURCE_SPANS = b"\x0a"  # ExportTraceServiceRequest.resource_spans = 1
@@ -47,8 +48,6 @@ def to_otlp_proto(spans: Iterable[SpanView]) -> bytes:
     """Serialized ``ExportTraceServiceRequest`` holding ``spans``; see the module docstring.
     Spans decoded from OTLP protobuf are copied natively from their messages' bytes
     (``native.native_otlp``: equal spans and grouping, their bytes as they came)."""
-    from pipelines.spans.native import native_otlp
-
     spans = list(spans)
     body = native_otlp(spans)
     return python_otlp_proto(spans) if body is None else body

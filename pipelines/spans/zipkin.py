@@ -32,6 +32,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans, Span, Status
 from pipelines.decoders.base import OVERSIZED, UNPARSEABLE
 from pipelines.spans.decode import DEFAULT_LIMITS, SpanLimits, collect, message_error, parse_hex
 from pipelines.spans.model import SERVICE_NAME, DecodedSpans, RejectedSpan, SpanView
+from pipelines.spans.native import native_zipkin
 
 _KIND_IN = {"SERVER": 2, "CLIENT": 3, "PRODUCER": 4, "CONSUMER": 5}
 _KIND_OUT = {v: k for k, v in _KIND_IN.items()}
@@ -163,8 +164,6 @@ def to_zipkin_json(spans: Iterable[SpanView]) -> bytes:
     a span whose tags need merging (a key in both resource and span, ``peer.service``, or a
     tag this encoder sets: scope and status) takes the dict path. Spans decoded from OTLP
     protobuf are encoded natively from their messages' bytes (``native.native_zipkin``)."""
-    from pipelines.spans.native import native_zipkin
-
     spans = list(spans)
     body = native_zipkin(spans)
     return python_zipkin_json(spans) if body is None else body

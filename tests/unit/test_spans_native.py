@@ -361,17 +361,17 @@ def test_a_column_over_its_limit_falls_back_instead_of_wrapping(spec: TableSpec)
     assert rows["scope_name"].combine_chunks().validate(full=True) is None
 
 
-def test_many_attributes_cost_linear_time() -> None:
-    """Repeated-key handling is a dict, not a scan per key: 100k distinct attributes on one
-    span take well under a second (a scan per key took minutes)."""
-    import time
-
+def test_a_span_with_many_attributes() -> None:
+    """20k attributes on one span (and so many keys to look up for repeats): the same rows
+    and Zipkin JSON as Python. (A scan per key made this minutes long at 100k.)"""
     req = build_request(spans_per_scope=1)
     span = req.resource_spans[0].scope_spans[0].spans[0]
-    span.attributes.extend(kv(f"k{i}", i) for i in range(100_000))
+    span.attributes.extend(kv(f"k{i}", i) for i in range(20_000))
+    span.attributes.extend(kv(f"k{i}", -i) for i in range(0, 20_000, 7))  # repeated keys
     value = req.SerializeToString()
     views = list(get_decoder().decode(value, NOW).batch)[:1]
-    t0 = time.process_time()
-    assert native_zipkin(views) is not None
-    assert native_rows([(value, [0])], pa.schema([pa.field("name", pa.string())])) is not None
-    assert time.process_time() - t0 < 5.0
+    assert native_zipkin(views) == python_zipkin_json(views)
+    schema = pa.schema([pa.field("span_attributes", pa.map_(pa.string(), pa.string()))])
+    rows = native_rows([(value, [0])], schema)
+    assert rows is not None and rows.equals(to_arrow(views, schema))
+    assert dict(rows["span_attributes"][0].as_py())["k7"] == "-7"
